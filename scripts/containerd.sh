@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Starts or stops a private containerd: its own config, root, state and socket
+# under DIR, with the wasmtime-custom shim on its PATH. It never touches the
+# system's containerd.
+#
+# Usage:
+#   scripts/containerd.sh start DIR [1.6|1.7]   start it (default 1.6, Debian 12's);
+#                                              prints the socket path
+#   scripts/containerd.sh stop DIR             kill its tasks, stop it, unmount
+#   scripts/containerd.sh ctr DIR ARGS...      run the matching ctr against it
+#
+# Environment:
+#   WASMTIME_CUSTOM_SHIM_DIR   folder holding containerd-shim-wasmtime-custom-v1
+#                              (default: target/release of this checkout)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cmd=${1:-}
+dir=${2:-}
+usage="usage: scripts/containerd.sh start DIR [1.6|1.7] | stop DIR | ctr DIR ARGS..."
+[[ -n "$cmd" && -n "$dir" ]] || { echo "$usage" >&2; exit 2; }
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+sock="$dir/containerd.sock"
+
+bin_dir() {
+  case "$1" in
+    1.6) echo /usr/bin ;;
+    1.7) "$root/scripts/fetch-containerd.sh" trixie ;;
+    *) echo "containerd.sh: unknown version $1 (use 1.6 or 1.7)" >&2; exit 2 ;;
+  esac
+}
+
+ctr_bin() {
+  local version
+  version=$(cat "$dir/version" 2>/dev/null || echo 1.6)
+  echo "$(bin_dir "$version")/ctr"
+}
+
+start() {
+  local version=${1:-1.6} bins shim_dir
+  bins=$(bin_dir "$version")
+  shim_dir=${WASMTIME_CUSTOM_SHIM_DIR:-$root/target/release}
+  if [[ ! -x "$shim_dir/containerd-shim-wasmtime-custom-v1" ]]; then
+    echo "containerd.sh: no shim in $shim_dir; build it: cargo build --release -p containerd-shim-wasmtime-custom" >&2
+    exit 1
+  fi
+  if [[ -f "$dir/containerd.pid" ]] && kill -0 "$(cat "$dir/containerd.pid")" 2>/dev/null; then
+    echo "containerd.sh: a containerd already runs for $dir (pid $(cat "$dir/containerd.pid"))" >&2
+    exit 1
+  fi
+  echo "$version" >"$dir/version"
+  cat >"$dir/config.toml" <<TOML
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+# Kubernetes' CRI is not needed to drive containers with ctr.
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "$sock"
+
+[debug]
+  level = "info"
+TOML
+  PATH="$shim_dir:$bins:$PATH" nohup "$bins/containerd" --config "$dir/config.toml" \
+    >"$dir/containerd.log" 2>&1 &
+  echo $! >"$dir/containerd.pid"
+  local deadline=$((SECONDS + 30))
+  until "$bins/ctr" -a "$sock" version >/dev/null 2>&1; do
+    if ! kill -0 "$(cat "$dir/containerd.pid")" 2>/dev/null; then
+      echo "containerd.sh: containerd $version exited at start; its log ($dir/containerd.log):" >&2
+      tail -n 30 "$dir/containerd.log" >&2
+      exit 1
+    fi
+    if ((SECONDS > deadline)); then
+      echo "containerd.sh: containerd $version did not answer on $sock within 30 s; see $dir/containerd.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "$sock"
+}
+
+stop() {
+  local ctr pid
+  ctr=$(ctr_bin)
+  if [[ -S "$sock" ]]; then
+    for ns in $("$ctr" -a "$sock" namespaces ls -q 2>/dev/null); do
+      for task in $("$ctr" -a "$sock" -n "$ns" tasks ls -q 2>/dev/null); do
+        "$ctr" -a "$sock" -n "$ns" tasks kill -s SIGKILL "$task" >/dev/null 2>&1 || true
+        "$ctr" -a "$sock" -n "$ns" tasks delete -f "$task" >/dev/null 2>&1 || true
+      done
+      for c in $("$ctr" -a "$sock" -n "$ns" containers ls -q 2>/dev/null); do
+        "$ctr" -a "$sock" -n "$ns" containers delete "$c" >/dev/null 2>&1 || true
+      done
+    done
+  fi
+  # Shims name their containerd's socket on their command line.
+  pkill -KILL -f -- "-address $sock" 2>/dev/null || true
+  if [[ -f "$dir/containerd.pid" ]]; then
+    pid=$(cat "$dir/containerd.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$dir/containerd.pid"
+  fi
+  # Anything still mounted under DIR (rootfs, shm) goes, deepest first.
+  grep -F " $dir/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
+}
+
+case "$cmd" in
+  start) start "${3:-1.6}" ;;
+  stop) stop ;;
+  ctr) shift 2; exec "$(ctr_bin)" -a "$sock" "$@" ;;
+  *) echo "$usage" >&2; exit 2 ;;
+esac

@@ -1,0 +1,192 @@
+//! The one wasmtime `Engine` configuration, shared by the precompiler (in the
+//! shim process) and the runtime (in the container process): an artifact is
+//! only loadable by an engine configured the same way.
+//!
+//! Also classifies what an image holds (HTTP component, command component,
+//! core module) with errors that say what is wrong with it.
+
+use anyhow::{Context, Result, bail};
+use containerd_shim_wasm::sandbox::context::WasmBinaryType;
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig, Precompiled};
+
+/// Builds the engine. `max_memory_bytes` bounds one instance's linear memory
+/// when the pooling allocator is in use (it has no effect on compiled code).
+///
+/// The pooling allocator reserves address space for many instances up front,
+/// which makes per-request instantiation fast; hosts that refuse the
+/// reservation (strict overcommit, small `ulimit -v`) get the on-demand
+/// allocator instead, with a warning.
+pub fn new(max_memory_bytes: usize) -> Result<Engine> {
+    let mut pooling = PoolingAllocationConfig::default();
+    pooling.max_memory_size(max_memory_bytes);
+    match Engine::new(&config(Some(pooling))) {
+        Ok(engine) => Ok(engine),
+        Err(e) => {
+            log::warn!("pooling allocator unavailable on this host ({e:#}); using on-demand allocation");
+            Engine::new(&config(None)).map_err(anyhow::Error::from).context("could not create the wasmtime engine")
+        }
+    }
+}
+
+fn config(pooling: Option<PoolingAllocationConfig>) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    // Lets the HTTP server stop a request that computes forever (see serve.rs).
+    config.epoch_interruption(true);
+    if let Some(pooling) = pooling {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    }
+    config
+}
+
+/// What an image's Wasm turned out to be.
+pub enum Workload {
+    /// A component exporting `wasi:http/incoming-handler`: served over HTTP.
+    Http(Component),
+    /// A component exporting `wasi:cli/run`: run once, exit with its code.
+    Command(Component),
+    /// A core module (WASIp1): its entry function is called once.
+    Module(Module),
+}
+
+/// Compiles (or, for `precompiled` bytes, loads) `bytes` and classifies it.
+/// `origin` names the file or layer in error messages.
+pub fn load(engine: &Engine, bytes: &[u8], precompiled: bool, origin: &str) -> Result<Workload> {
+    if precompiled {
+        return load_precompiled(engine, bytes, origin);
+    }
+    match WasmBinaryType::from_bytes(bytes) {
+        Some(WasmBinaryType::Component) => {
+            let component = Component::new(engine, bytes).map_err(anyhow::Error::from).with_context(|| {
+                format!("{origin} is a WebAssembly component but it does not compile (truncated or corrupt?)")
+            })?;
+            classify(engine, component, origin)
+        }
+        Some(WasmBinaryType::Module) => {
+            let module = Module::new(engine, bytes).map_err(anyhow::Error::from).with_context(|| {
+                format!("{origin} is a WebAssembly module but it does not compile (truncated or corrupt?)")
+            })?;
+            Ok(Workload::Module(module))
+        }
+        None => bail!(
+            "{origin} is not WebAssembly: {}. The image's entrypoint must name a .wasm module or \
+             component (or the image must carry a wasm layer)",
+            describe_non_wasm(bytes)
+        ),
+    }
+}
+
+fn load_precompiled(engine: &Engine, bytes: &[u8], origin: &str) -> Result<Workload> {
+    let hint = "remove the cached artifact (ctr content ls | grep runwasi.io/precompiled) and start again";
+    // SAFETY: these bytes are what `Precompiler::compile` produced with an engine
+    // of this very configuration, stored in containerd's content store under a
+    // label keyed by this shim's version and the engine's compatibility hash;
+    // wasmtime also checks the artifact's header and version before use.
+    match Engine::detect_precompiled(bytes) {
+        Some(Precompiled::Component) => {
+            let component = unsafe { Component::deserialize(engine, bytes) }.map_err(anyhow::Error::from)
+                .with_context(|| format!("cached precompiled {origin} could not be loaded; {hint}"))?;
+            classify(engine, component, origin)
+        }
+        Some(Precompiled::Module) => {
+            let module = unsafe { Module::deserialize(engine, bytes) }.map_err(anyhow::Error::from)
+                .with_context(|| format!("cached precompiled {origin} could not be loaded; {hint}"))?;
+            Ok(Workload::Module(module))
+        }
+        None => bail!("cached precompiled {origin} is not a wasmtime artifact; {hint}"),
+    }
+}
+
+const HTTP_EXPORT: &str = "wasi:http/incoming-handler@0.2";
+const RUN_EXPORT: &str = "wasi:cli/run@0.2";
+
+fn classify(engine: &Engine, component: Component, origin: &str) -> Result<Workload> {
+    let exports: Vec<String> =
+        component.component_type().exports(engine).map(|(name, _)| name.to_string()).collect();
+    if exports.iter().any(|name| name.starts_with(HTTP_EXPORT)) {
+        Ok(Workload::Http(component))
+    } else if exports.iter().any(|name| name.starts_with(RUN_EXPORT)) {
+        Ok(Workload::Command(component))
+    } else {
+        let found = if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") };
+        bail!(
+            "{origin} exports neither wasi:http/incoming-handler (an HTTP service) nor wasi:cli/run \
+             (a command); it exports {found}. Build it for the wasi:http/proxy world or as a WASI command"
+        )
+    }
+}
+
+/// A short, human guess at what a non-Wasm file is.
+fn describe_non_wasm(bytes: &[u8]) -> String {
+    let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let kind = if bytes.is_empty() {
+        "the file is empty"
+    } else if bytes.starts_with(b"\x7fELF") {
+        "it is a Linux (ELF) executable"
+    } else if bytes.starts_with(b"#!") {
+        "it is a script"
+    } else if bytes.starts_with(b"\0asm") {
+        "it has the Wasm magic number but an unknown version or is truncated"
+    } else if std::str::from_utf8(bytes).is_ok() {
+        "it is a text file"
+    } else {
+        "it does not start with the Wasm magic number 00 61 73 6d"
+    };
+    if bytes.is_empty() { kind.to_string() } else { format!("{kind} (first bytes: {})", head.join(" ")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> Engine {
+        new(16 << 20).unwrap()
+    }
+
+    fn error(bytes: &[u8]) -> String {
+        match load(&engine(), bytes, false, "/app.wasm") {
+            Ok(_) => panic!("loaded {bytes:?}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn non_wasm_files_are_named_as_such() {
+        assert!(error(b"\x7fELF\x02\x01").contains("/app.wasm is not WebAssembly: it is a Linux (ELF) executable"));
+        assert!(error(b"hello world\n").contains("it is a text file"));
+        assert!(error(b"").contains("the file is empty"));
+    }
+
+    #[test]
+    fn truncated_module_does_not_compile() {
+        let module = wat::parse_str("(module (func (export \"_start\")))").unwrap();
+        let err = error(&module[..module.len() - 3]);
+        assert!(err.contains("is a WebAssembly module but it does not compile"), "{err}");
+    }
+
+    #[test]
+    fn component_without_known_exports_is_refused_with_its_exports() {
+        let bytes = wat::parse_str(
+            r#"(component
+                 (core module $m (func (export "f")))
+                 (core instance $i (instantiate $m))
+                 (func (export "hello") (canon lift (core func $i "f"))))"#,
+        )
+        .unwrap();
+        let err = error(&bytes);
+        assert!(err.contains("exports neither wasi:http/incoming-handler"), "{err}");
+        assert!(err.contains("it exports hello"), "{err}");
+    }
+
+    #[test]
+    fn core_module_and_precompiled_round_trip() {
+        let engine = engine();
+        let bytes = wat::parse_str("(module (func (export \"_start\")))").unwrap();
+        assert!(matches!(load(&engine, &bytes, false, "m").unwrap(), Workload::Module(_)));
+        let artifact = engine.precompile_module(&bytes).unwrap();
+        assert!(matches!(load(&engine, &artifact, true, "m").unwrap(), Workload::Module(_)));
+        let err = format!("{:#}", load(&engine, &bytes, true, "m").err().unwrap());
+        assert!(err.contains("is not a wasmtime artifact"), "{err}");
+    }
+}

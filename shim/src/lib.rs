@@ -1,0 +1,45 @@
+//! `containerd-shim-wasmtime-custom-v1`: a containerd shim that runs
+//! WebAssembly with an embedded wasmtime.
+//!
+//! containerd plumbing (task API, container set-up, content store) is
+//! runwasi's `containerd-shim-wasm`; this crate only says how to compile and
+//! run Wasm. See `ARCHITECTURE.md` for the map.
+
+use containerd_shim_wasm::shim::{Compiler, Shim, Version, version};
+
+mod compiler;
+mod engine;
+mod logs;
+mod run;
+mod sandbox;
+mod serve;
+mod settings;
+
+pub use compiler::Precompiler;
+pub use sandbox::WasmtimeSandbox;
+
+/// The shim: runtime `io.containerd.wasmtime-custom.v1`.
+pub struct WasmtimeCustom;
+
+impl Shim for WasmtimeCustom {
+    type Sandbox = WasmtimeSandbox;
+
+    fn name() -> &'static str {
+        "wasmtime-custom"
+    }
+
+    fn version() -> Version {
+        version!()
+    }
+
+    async fn compiler() -> Option<impl Compiler> {
+        match Precompiler::new() {
+            Ok(compiler) => Some(compiler),
+            Err(e) => {
+                // Not fatal: images still run, each start compiles again.
+                log::warn!("precompilation disabled: {e:#}");
+                None
+            }
+        }
+    }
+}

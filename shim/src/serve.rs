@@ -1,0 +1,296 @@
+//! Serves a `wasi:http/proxy` component over HTTP/1.1 with keep-alive.
+//!
+//! Every request gets a fresh instance in its own store (built in
+//! [`Server::new_store`]) from a pre-instantiated component, so one request's
+//! trap or leak cannot touch the next. On SIGTERM or SIGINT the server stops
+//! accepting, lets in-flight requests finish within the grace period, and
+//! returns; a second signal or the end of the grace period ends it at once.
+
+use std::collections::hash_map::RandomState;
+use std::convert::Infallible;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::logs::{TaggedOutput, Target};
+use crate::sandbox::{Guest, Host};
+use crate::settings::Settings;
+
+/// Exit code when the server was stopped before every request finished
+/// (second signal, or grace period over): 128 + SIGTERM.
+pub const EXIT_CUT_SHORT: i32 = 143;
+
+/// How often the engine's epoch advances; the request timeout is counted in
+/// these ticks to stop a guest that computes without ever yielding.
+const EPOCH_TICK: Duration = Duration::from_millis(100);
+
+/// The response header carrying the id that tags the request's log lines.
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+pub async fn serve(engine: &Engine, component: &Component, guest: &Guest, settings: &Settings) -> Result<i32> {
+    let mut linker = Linker::<Host>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(anyhow::Error::from)
+        .context("the component imports something this shim does not provide")?;
+    let pre = ProxyPre::new(pre)
+        .map_err(anyhow::Error::from)
+        .context("the component's wasi:http/incoming-handler export is not usable")?;
+
+    // Everything that can be checked is checked before listening: a broken
+    // container fails its start instead of its first request.
+    let listener = TcpListener::bind(settings.listen).await.with_context(|| {
+        format!(
+            "could not listen on {} (set {} to a free address)",
+            settings.listen,
+            crate::settings::LISTEN
+        )
+    })?;
+    start_epoch_ticker(engine.clone());
+    let server = Arc::new(Server::new(pre, guest, settings));
+    eprintln!("wasmtime-custom: serving on http://{}", settings.listen);
+    log::info!("serving on http://{}", settings.listen);
+
+    let mut terminate = signal(SignalKind::terminate()).context("could not watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("could not watch SIGINT")?;
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.keep_alive(true);
+
+    let stopped_by = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(e) => {
+                        // Usually out of file descriptors: back off briefly
+                        // instead of spinning, and keep serving.
+                        log::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let server = server.clone();
+                let service = service_fn(move |request| server.clone().handle(request));
+                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        log::debug!("connection ended with an error: {e}");
+                    }
+                });
+            }
+            _ = terminate.recv() => break "SIGTERM",
+            _ = interrupt.recv() => break "SIGINT",
+        }
+    };
+
+    drop(listener);
+    let in_flight = server.in_flight.load(Ordering::SeqCst);
+    eprintln!(
+        "wasmtime-custom: {stopped_by}: stopped accepting; {in_flight} request(s) in flight, \
+         waiting up to {}s for them",
+        settings.grace.as_secs()
+    );
+    let cut_short = |why: &str| {
+        let left = server.in_flight.load(Ordering::SeqCst);
+        eprintln!("wasmtime-custom: {why}; exiting with {left} request(s) unfinished");
+        log::warn!("{why}; exiting with {left} request(s) unfinished");
+        EXIT_CUT_SHORT
+    };
+    let code = tokio::select! {
+        _ = graceful.shutdown() => {
+            eprintln!("wasmtime-custom: all requests finished; exiting");
+            0
+        }
+        _ = tokio::time::sleep(settings.grace) => cut_short("grace period over"),
+        _ = terminate.recv() => cut_short("second signal (SIGTERM)"),
+        _ = interrupt.recv() => cut_short("second signal (SIGINT)"),
+    };
+    Ok(code)
+}
+
+/// Advances the engine's epoch for the life of the process.
+fn start_epoch_ticker(engine: Engine) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(EPOCH_TICK);
+            engine.increment_epoch();
+        }
+    });
+}
+
+struct Server {
+    pre: ProxyPre<Host>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    settings: Settings,
+    /// Random per process, so ids from different replicas do not collide.
+    id_prefix: String,
+    next_id: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+/// Why a request got no answer from the guest.
+enum Failure {
+    /// The request could not be handed to the guest (no Host header, ...).
+    BadRequest(String),
+    /// No instance could be made (instance pool exhausted, out of memory).
+    Unavailable(String),
+    /// The guest trapped, panicked, or returned without answering.
+    Guest(String),
+    /// Past the request timeout.
+    Timeout(Duration),
+}
+
+impl Server {
+    fn new(pre: ProxyPre<Host>, guest: &Guest, settings: &Settings) -> Server {
+        let random = RandomState::new().build_hasher().finish();
+        Server {
+            pre,
+            args: guest.args.clone(),
+            env: guest.env.clone(),
+            settings: settings.clone(),
+            id_prefix: format!("{:08x}", random as u32),
+            next_id: AtomicU64::new(1),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// The caller's `x-request-id` when it is a sane token, else a new one.
+    fn request_id<B>(&self, request: &Request<B>) -> String {
+        let given = request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
+        match given {
+            Some(id)
+                if !id.is_empty()
+                    && id.len() <= 64
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+            {
+                id.to_string()
+            }
+            _ => format!("{}-{}", self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+
+    /// The one place a request's world is built: its WASI context with
+    /// tagged output, its memory limit and its CPU deadline.
+    fn new_store(&self, request_id: &str) -> Result<Store<Host>> {
+        let guest = Guest { args: self.args.clone(), env: self.env.clone() };
+        let wasi = guest
+            .wasi()?
+            .stdout(TaggedOutput::new(request_id, Target::Stdout))
+            .stderr(TaggedOutput::new(request_id, Target::Stderr))
+            .build();
+        let mut store = Store::new(self.pre.engine(), Host::new(wasi, self.settings.max_memory_bytes));
+        store.limiter(|host| &mut host.limits);
+        let ticks = self.settings.request_timeout.as_millis() / EPOCH_TICK.as_millis();
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Infallible> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let id = self.request_id(&request);
+        let mut response = match self.run_guest(&id, request).await {
+            Ok(response) => response,
+            Err(failure) => failure.into_response(&id),
+        };
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Ok(response)
+    }
+
+    async fn run_guest(&self, id: &str, request: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Failure> {
+        let timeout = self.settings.request_timeout;
+        let mut store = self.new_store(id).map_err(|e| Failure::Unavailable(format!("{e:#}")))?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let request = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(|e| Failure::BadRequest(format!("{e:#}")))?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|e| Failure::Unavailable(format!("{e:#}")))?;
+        let pre = self.pre.clone();
+        // The guest runs in its own task: it may keep streaming the body
+        // after it has handed over the response head.
+        let task = tokio::spawn(async move {
+            let proxy = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| Failure::Unavailable(format!("{e:#}")))?;
+            let call = proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out);
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Failure::Guest(format!("{e:?}"))),
+                Err(_) => Err(Failure::Timeout(timeout)),
+            }
+        });
+        match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Err(code))) => Err(Failure::Guest(format!("the handler answered with error {code:?}"))),
+            // The guest dropped its response-outparam: the task says why.
+            Ok(Err(_)) => match task.await {
+                Ok(Ok(())) => Err(Failure::Guest("the handler returned without setting a response".into())),
+                Ok(Err(failure)) => Err(failure),
+                Err(e) => Err(Failure::Guest(format!("the handler's task failed: {e}"))),
+            },
+            Err(_) => {
+                task.abort();
+                Err(Failure::Timeout(timeout))
+            }
+        }
+    }
+}
+
+impl Failure {
+    fn into_response(self, id: &str) -> Response<HyperOutgoingBody> {
+        let (status, public, detail) = match self {
+            Failure::BadRequest(detail) => (StatusCode::BAD_REQUEST, "bad request", detail),
+            Failure::Unavailable(detail) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "no instance available to handle the request", detail)
+            }
+            Failure::Guest(detail) => (StatusCode::INTERNAL_SERVER_ERROR, "the handler failed", detail),
+            Failure::Timeout(after) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the handler did not answer in time",
+                format!("stopped after {}s", after.as_secs()),
+            ),
+        };
+        // The details (a trap's backtrace) go to the log, not to the caller.
+        eprintln!("[req={id}] wasmtime-custom: {public}: {detail}");
+        log::error!("request {id}: {public}: {detail}");
+        let body = format!("{public} (request id {id}; see the container log)\n");
+        let body = Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}).boxed_unsync();
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        response
+    }
+}
