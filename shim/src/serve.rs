@@ -26,7 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store};
+use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -249,6 +249,8 @@ impl Server {
             let call = proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out);
             match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(())) => Ok(()),
+                // The epoch deadline (see `new_store`) stops a guest that computes too long.
+                Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => Err(Failure::Timeout(timeout)),
                 Ok(Err(e)) => Err(Failure::Guest(format!("{e:?}"))),
                 Err(_) => Err(Failure::Timeout(timeout)),
             }

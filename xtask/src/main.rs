@@ -69,13 +69,23 @@ fn images(root: &Path, out: &Path) -> Result<()> {
         let archive = if image.wasm_layer {
             oci::wasm_layer_image(image.name, &image.wasm)?
         } else {
-            oci::plain_image(image.name, &image.wasm)?
+            oci::plain_image(image.name, oci_arch()?, &image.wasm)?
         };
         let path = out.join(image.file);
         std::fs::write(&path, &archive).with_context(|| format!("could not write {}", path.display()))?;
         println!("{}  {}  {} bytes  {}", path.display(), image.name, archive.len(), oci::sha256(&archive));
     }
     Ok(())
+}
+
+/// The OCI name of this machine's architecture: plain images are built for
+/// the machine that builds them.
+fn oci_arch() -> Result<&'static str> {
+    match std::env::consts::ARCH {
+        "x86_64" => Ok("amd64"),
+        "aarch64" => Ok("arm64"),
+        other => bail!("no OCI architecture name known for {other}"),
+    }
 }
 
 /// Builds `app` and `test-guests` for `wasm32-wasip2`; returns where the

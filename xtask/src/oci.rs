@@ -15,10 +15,6 @@ pub const TAR_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 /// The layer type runwasi-based shims read straight from the content store.
 pub const WASM_LAYER: &str = "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
 
-/// Platforms a plain image is published for: Wasm runs on both, so one
-/// archive serves x86_64 and Arm64 node pools alike.
-const LINUX_ARCHES: [&str; 2] = ["amd64", "arm64"];
-
 /// Where the Wasm file sits in a plain image, and the image's entrypoint.
 pub const ENTRYPOINT: &str = "/app.wasm";
 
@@ -46,35 +42,26 @@ impl Blobs {
 }
 
 /// The plain image: a one-file rootfs with the Wasm at [`ENTRYPOINT`], for
-/// `linux/amd64` and `linux/arm64`. Works with every containerd version.
-pub fn plain_image(name: &str, wasm: &[u8]) -> Result<Vec<u8>> {
+/// `linux/{arch}`. Works with every containerd version.
+///
+/// One platform manifest, not a multi-arch index: `containerd-shim-wasm`
+/// reads the image's top object as a manifest, and an index there makes it
+/// log a misleading "serde failed" warning at every start.
+pub fn plain_image(name: &str, arch: &str, wasm: &[u8]) -> Result<Vec<u8>> {
     let mut blobs = Blobs::default();
     let layer_tar = single_file_tar(ENTRYPOINT.trim_start_matches('/'), wasm)?;
     let diff_id = sha256(&layer_tar);
     let layer = blobs.add(TAR_LAYER, layer_tar);
-    let manifests: Vec<Value> = LINUX_ARCHES
-        .iter()
-        .map(|arch| {
-            let config = json!({
-                "architecture": arch,
-                "os": "linux",
-                "config": { "Entrypoint": [ENTRYPOINT] },
-                "rootfs": { "type": "layers", "diff_ids": [diff_id] },
-            });
-            let config = blobs.add_json(CONFIG, &config);
-            let manifest = json!({
-                "schemaVersion": 2,
-                "mediaType": MANIFEST,
-                "config": config,
-                "layers": [layer],
-            });
-            let mut descriptor = blobs.add_json(MANIFEST, &manifest);
-            descriptor["platform"] = json!({ "architecture": arch, "os": "linux" });
-            descriptor
-        })
-        .collect();
-    let index = json!({ "schemaVersion": 2, "mediaType": INDEX, "manifests": manifests });
-    let mut top = blobs.add_json(INDEX, &index);
+    let config = json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": { "Entrypoint": [ENTRYPOINT] },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+    });
+    let config = blobs.add_json(CONFIG, &config);
+    let manifest = json!({ "schemaVersion": 2, "mediaType": MANIFEST, "config": config, "layers": [layer] });
+    let mut top = blobs.add_json(MANIFEST, &manifest);
+    top["platform"] = json!({ "architecture": arch, "os": "linux" });
     top["annotations"] = name_annotations(name);
     archive(blobs, top)
 }
@@ -178,18 +165,18 @@ mod tests {
 
     #[test]
     fn same_input_gives_the_same_archive() {
-        let a = plain_image("localhost/x:latest", b"\0asm\x01\0\0\0").unwrap();
-        let b = plain_image("localhost/x:latest", b"\0asm\x01\0\0\0").unwrap();
+        let a = plain_image("localhost/x:latest", "amd64", b"\0asm\x01\0\0\0").unwrap();
+        let b = plain_image("localhost/x:latest", "amd64", b"\0asm\x01\0\0\0").unwrap();
         assert_eq!(sha256(&a), sha256(&b));
         let c = wasm_layer_image("localhost/x:wasm", b"\0asm\x01\0\0\0").unwrap();
         let d = wasm_layer_image("localhost/x:wasm", b"\0asm\x01\0\0\0").unwrap();
         assert_eq!(sha256(&c), sha256(&d));
-        assert_ne!(sha256(&a), sha256(&plain_image("localhost/x:latest", b"\0asm\x01\0\0\x01").unwrap()));
+        assert_ne!(sha256(&a), sha256(&plain_image("localhost/x:latest", "amd64", b"\0asm\x01\0\0\x01").unwrap()));
     }
 
     #[test]
     fn every_blob_is_stored_under_its_digest() {
-        for archive in [plain_image("n:t", b"abc").unwrap(), wasm_layer_image("n:t", b"abc").unwrap()] {
+        for archive in [plain_image("n:t", "amd64", b"abc").unwrap(), wasm_layer_image("n:t", b"abc").unwrap()] {
             for (path, bytes) in entries(&archive) {
                 if let Some(hex) = path.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
                     assert_eq!(sha256(&bytes), format!("sha256:{hex}"));
@@ -213,18 +200,12 @@ mod tests {
     }
 
     #[test]
-    fn plain_image_puts_the_wasm_at_the_entrypoint_for_both_arches() {
-        let files = entries(&plain_image("localhost/app:latest", b"\0asm").unwrap());
+    fn plain_image_puts_the_wasm_at_the_entrypoint() {
+        let files = entries(&plain_image("localhost/app:latest", "arm64", b"\0asm").unwrap());
         let index: Value = serde_json::from_slice(&files["index.json"]).unwrap();
-        let platforms = json_blob(&files, &index["manifests"][0]["digest"]);
-        let arches: Vec<&str> = platforms["manifests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["platform"]["architecture"].as_str().unwrap())
-            .collect();
-        assert_eq!(arches, ["amd64", "arm64"]);
-        let manifest = json_blob(&files, &platforms["manifests"][0]["digest"]);
+        let top = &index["manifests"][0];
+        assert_eq!(top["platform"], json!({ "architecture": "arm64", "os": "linux" }));
+        let manifest = json_blob(&files, &top["digest"]);
         let layer = json_blob_raw(&files, &manifest["layers"][0]["digest"]);
         assert_eq!(entries(&layer)["app.wasm"], b"\0asm");
         let config = json_blob(&files, &manifest["config"]["digest"]);

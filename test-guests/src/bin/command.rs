@@ -1,5 +1,6 @@
 //! A WASI command for the shim's tests: prints its arguments and one
-//! environment variable, then exits with the code given as first argument.
+//! environment variable, then exits with the code given as first argument (WASIp2 reports any
+//! non-zero code as failure, which a host sees as 1).
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -1,0 +1,262 @@
+//! A private containerd for one test (own config, root, state and socket in
+//! a temp dir, via `scripts/containerd.sh`), and containers run in it with
+//! `ctr run` in the foreground, as a user at a terminal would.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+
+/// The runtime name containerd maps to `containerd-shim-wasmtime-custom-v1`.
+pub const RUNTIME: &str = "io.containerd.wasmtime-custom.v1";
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e is a workspace member").to_path_buf()
+}
+
+/// Where `cargo xtask images` writes the image archives.
+pub fn images_dir() -> PathBuf {
+    workspace_root().join("target/images")
+}
+
+fn script() -> PathBuf {
+    workspace_root().join("scripts/containerd.sh")
+}
+
+pub struct Containerd {
+    dir: TempDir,
+    pub version: &'static str,
+}
+
+impl Containerd {
+    /// Starts containerd `version` ("1.6" or "1.7") with the shim from
+    /// `target/release` on its PATH.
+    pub fn start(version: &'static str) -> Result<Containerd> {
+        // Under /tmp: the socket path must stay short (108 bytes at most).
+        let dir = tempfile::Builder::new().prefix("wtc-e2e-").tempdir_in("/tmp")?;
+        let output = Command::new(script())
+            .arg("start")
+            .arg(dir.path())
+            .arg(version)
+            .output()
+            .context("run scripts/containerd.sh")?;
+        if !output.status.success() {
+            bail!(
+                "containerd {version} did not start (run scripts/test.sh, which builds the shim and \
+                 installs containerd): {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(Containerd { dir, version })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs this containerd's own `ctr` with `args`.
+    pub fn ctr(&self, args: &[&str]) -> Result<Output> {
+        self.ctr_command(args).output().context("run ctr")
+    }
+
+    /// Like [`Containerd::ctr`], failing with ctr's stderr unless it succeeds.
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
+        let output = self.ctr(args)?;
+        if !output.status.success() {
+            bail!("ctr {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(script());
+        command.arg("ctr").arg(self.dir()).args(args);
+        command
+    }
+
+    /// `ctr image import` of an archive from `target/images`.
+    pub fn import(&self, archive: &str, extra: &[&str]) -> Result<()> {
+        let path = images_dir().join(archive);
+        if !path.exists() {
+            bail!("{} is missing; build the images with `cargo xtask images`", path.display());
+        }
+        let path = path.display().to_string();
+        let mut args = vec!["images", "import"];
+        args.extend_from_slice(extra);
+        args.push(&path);
+        self.ctr_ok(&args).map(drop)
+    }
+
+    /// containerd's own log, shims' log lines included.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr run --rm --net-host --runtime io.containerd.wasmtime-custom.v1`
+    /// in the foreground, its output captured.
+    pub fn run(&self, run: Run<'_>) -> Result<Container<'_>> {
+        let mut args = vec!["run", "--rm", "--net-host", "--runtime", RUNTIME];
+        if let Some(platform) = run.platform {
+            args.extend(["--platform", platform]);
+        }
+        for env in &run.env {
+            args.extend(["--env", env]);
+        }
+        args.extend([run.image, run.id]);
+        args.extend(run.args.iter().copied());
+        let mut child = self
+            .ctr_command(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn ctr run")?;
+        let output = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let streams: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().context("ctr stdout")?),
+            Box::new(child.stderr.take().context("ctr stderr")?),
+        ];
+        for mut stream in streams {
+            let output = output.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut buffer = [0; 4096];
+                while let Ok(n) = stream.read(&mut buffer) {
+                    if n == 0 {
+                        break;
+                    }
+                    output.lock().expect("output lock").push_str(&String::from_utf8_lossy(&buffer[..n]));
+                }
+            }));
+        }
+        Ok(Container { containerd: self, id: run.id.to_string(), child, output, readers, exit: None })
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).arg("stop").arg(self.dir()).status();
+    }
+}
+
+/// What to run.
+pub struct Run<'a> {
+    image: &'a str,
+    id: &'a str,
+    env: Vec<String>,
+    args: Vec<&'a str>,
+    platform: Option<&'a str>,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(image: &'a str, id: &'a str) -> Run<'a> {
+        Run { image, id, env: Vec::new(), args: Vec::new(), platform: None }
+    }
+
+    pub fn env(mut self, key: &str, value: impl std::fmt::Display) -> Run<'a> {
+        self.env.push(format!("{key}={value}"));
+        self
+    }
+
+    /// Serve on 127.0.0.1:`port` (the container shares the host network).
+    pub fn listen(self, port: u16) -> Run<'a> {
+        self.env("WASMTIME_CUSTOM_LISTEN", format!("127.0.0.1:{port}"))
+    }
+
+    pub fn arg(mut self, arg: &'a str) -> Run<'a> {
+        self.args.push(arg);
+        self
+    }
+
+    pub fn platform(mut self, platform: &'a str) -> Run<'a> {
+        self.platform = Some(platform);
+        self
+    }
+}
+
+/// A running `ctr run`; killed if dropped while still running.
+pub struct Container<'a> {
+    containerd: &'a Containerd,
+    pub id: String,
+    child: Child,
+    output: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    exit: Option<i32>,
+}
+
+impl Container<'_> {
+    /// stdout and stderr so far (what `ctr run` printed).
+    pub fn output(&self) -> String {
+        self.output.lock().expect("output lock").clone()
+    }
+
+    /// `ctr tasks kill -s SIGNAL`.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        self.containerd.ctr_ok(&["tasks", "kill", "-s", signal, &self.id]).map(drop)
+    }
+
+    /// Waits until something accepts connections on `port`; fails at once,
+    /// with the container's output, if the container exits first.
+    pub fn wait_listening(&mut self, port: u16) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                let output = self.finish_output();
+                bail!("{} exited ({status}) before listening on {port}; output:\n{output}", self.id);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not listen on {port} within 30 s; output:\n{}", self.id, self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the container to exit and returns its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> Result<i32> {
+        if let Some(code) = self.exit {
+            return Ok(code);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.finish_output();
+                let code = status.code().context("ctr was killed by a signal")?;
+                self.exit = Some(code);
+                return Ok(code);
+            }
+            if Instant::now() > deadline {
+                bail!("{} still runs after {timeout:?}; output:\n{}", self.id, self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn finish_output(&mut self) -> String {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        self.output()
+    }
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        if self.exit.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.containerd.ctr(&["tasks", "kill", "-s", "SIGKILL", &self.id]);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The shim under a real, private containerd, driven with `ctr` as a user
+//! would. Needs the release shim and `cargo xtask images` (scripts/test.sh
+//! does both).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use e2e::containerd::{Containerd, Run};
+use e2e::standin::{Call, METADATA, StandIn};
+use e2e::{free_port, http};
+
+const APP: &str = "localhost/wasmtime-custom/app:latest";
+const APP_WASM: &str = "localhost/wasmtime-custom/app:wasm";
+const TEST_HTTP: &str = "localhost/wasmtime-custom/test-http:latest";
+
+const EXPRESS: &str = r#"{"orderId":42,"orderGuid":"0b6c","firstName":"Ada","delivery":"express","items":[{"orderItemId":1,"sku":"4f1c2a9e-77b1","quantity":2}]}"#;
+const EXPRESS_OUT: &str = r#"{"orderId":42,"orderGuid":"0b6c","firstName":"Ada","delivery":"Express","items":[{"orderItemId":1,"sku":"4f1c2a9e-77b1","quantity":2}]}"#;
+
+fn post_call(path: &str, body: String) -> Call {
+    Call { method: "POST".into(), path: path.into(), body }
+}
+
+#[test]
+fn app_serves_the_order_contract_on_containerd_1_6() -> Result<()> {
+    let containerd = Containerd::start("1.6")?;
+    containerd.import("app.tar", &[])?;
+    let mut dapr = StandIn::start()?;
+    let port = free_port();
+    let mut app = containerd.run(Run::new(APP, "app").listen(port).env("DAPR_URL", dapr.url()))?;
+    app.wait_listening(port)?;
+
+    let health = http::get(port, "/healthz")?;
+    assert_eq!((health.status, health.body.as_str()), (200, "Healthy"));
+    for route in ["/q-order-ingress", "/q-order-express-in", "/q-order-standard-in"] {
+        assert_eq!(http::request(port, "OPTIONS", route, "")?.status, 200, "OPTIONS {route}");
+    }
+    assert!(dapr.take_calls().is_empty(), "probes must not call Dapr");
+
+    // Distributor: exactly one call, to the right binding, byte for byte.
+    let sent = http::post(port, "/q-order-ingress", EXPRESS)?;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let expected = format!(r#"{{"data":{EXPRESS_OUT},"operation":"create"}}"#);
+    assert_eq!(dapr.take_calls(), [post_call("/v1.0/bindings/q-order-express-out", expected)]);
+
+    // Receivers: each writes to its own outbox, with the blob named by the order.
+    for (route, binding) in
+        [("/q-order-express-in", "express-outbox"), ("/q-order-standard-in", "standard-outbox")]
+    {
+        assert_eq!(http::post(port, route, EXPRESS)?.status, 200);
+        let expected =
+            format!(r#"{{"data":{EXPRESS_OUT},"operation":"create","metadata":{{"blobName":"42"}}}}"#);
+        assert_eq!(dapr.take_calls(), [post_call(&format!("/v1.0/bindings/{binding}"), expected)]);
+    }
+
+    // A malformed order: 400, nothing sent.
+    for bad in ["{not json", r#"{"orderId":1,"delivery":"Drone"}"#, r#"{"delivery":"Express"}"#] {
+        let refused = http::post(port, "/q-order-ingress", bad)?;
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.body);
+        assert!(refused.body.starts_with("invalid order"), "{}", refused.body);
+    }
+    assert!(dapr.take_calls().is_empty(), "a malformed order must not be forwarded");
+
+    // Dapr's metadata is proxied as is.
+    let metadata = http::get(port, "/dapr-metadata")?;
+    assert_eq!((metadata.status, metadata.body.as_str()), (200, METADATA));
+    dapr.take_calls();
+
+    assert_eq!(http::get(port, "/nope")?.status, 404);
+    let wrong = http::get(port, "/q-order-ingress")?;
+    assert_eq!((wrong.status, wrong.header("allow")), (405, Some("OPTIONS, POST")));
+
+    // The binding fails: 502, so that Dapr redelivers; never a silent 200.
+    dapr.answer_bindings_with(500);
+    let failed = http::post(port, "/q-order-ingress", EXPRESS)?;
+    assert_eq!(failed.status, 502, "{}", failed.body);
+    assert!(failed.body.contains("q-order-express-out answered 500"), "{}", failed.body);
+
+    // Dapr is down: 503.
+    dapr.stop();
+    let down = http::post(port, "/q-order-standard-in", EXPRESS)?;
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert!(down.body.contains("could not be reached"), "{}", down.body);
+
+    // The guest's log line of that request carries its request id.
+    let id = down.header("x-request-id").expect("every response has a request id").to_string();
+    e2e::wait_for("the 503's log line", Duration::from_secs(5), || {
+        app.output().lines().any(|l| l.starts_with(&format!("[req={id}] POST /q-order-standard-in -> 503"))).then_some(())
+    })?;
+
+    app.signal("SIGTERM")?;
+    assert_eq!(app.wait(Duration::from_secs(30))?, 0, "{}", app.output());
+    Ok(())
+}
+
+#[test]
+fn sigterm_lets_the_in_flight_request_finish_then_exits_0() -> Result<()> {
+    let containerd = Containerd::start("1.6")?;
+    containerd.import("test-http.tar", &[])?;
+    let port = free_port();
+    let mut guest = containerd.run(Run::new(TEST_HTTP, "drain").listen(port))?;
+    guest.wait_listening(port)?;
+
+    let slow = std::thread::spawn(move || http::get(port, "/sleep?ms=3000"));
+    e2e::wait_for("the slow request to be in flight", Duration::from_secs(10), || {
+        // Accepted connections are counted once the request reached the guest;
+        // a short pause is enough since the request was sent just now.
+        std::thread::sleep(Duration::from_millis(300));
+        Some(())
+    })?;
+    let signalled = Instant::now();
+    guest.signal("SIGTERM")?;
+    e2e::wait_for("the drain to start", Duration::from_secs(5), || {
+        guest.output().contains("SIGTERM: stopped accepting").then_some(())
+    })?;
+    assert!(http::get(port, "/healthz").is_err(), "a draining server must not accept new connections");
+
+    let answer = slow.join().expect("request thread")?;
+    assert_eq!((answer.status, answer.body.as_str()), (200, "slept 3000 ms"));
+    assert_eq!(guest.wait(Duration::from_secs(20))?, 0, "{}", guest.output());
+    assert!(signalled.elapsed() < Duration::from_secs(10), "drain took {:?}", signalled.elapsed());
+    assert!(guest.output().contains("1 request(s) in flight"), "{}", guest.output());
+    Ok(())
+}
+
+#[test]
+fn grace_period_and_second_signal_end_a_drain_at_once() -> Result<()> {
+    let containerd = Containerd::start("1.6")?;
+    containerd.import("test-http.tar", &[])?;
+
+    // The grace period runs out before the request ends.
+    let port = free_port();
+    let mut guest = containerd.run(Run::new(TEST_HTTP, "grace").listen(port).env("WASMTIME_CUSTOM_GRACE_SECONDS", 1))?;
+    guest.wait_listening(port)?;
+    let _slow = std::thread::spawn(move || http::get(port, "/sleep?ms=20000"));
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    guest.signal("SIGTERM")?;
+    assert_eq!(guest.wait(Duration::from_secs(10))?, 143, "{}", guest.output());
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+    assert!(guest.output().contains("grace period over; exiting with 1 request(s) unfinished"), "{}", guest.output());
+
+    // A second signal does not wait for the 25 s default grace period.
+    let port = free_port();
+    let mut guest = containerd.run(Run::new(TEST_HTTP, "twice").listen(port))?;
+    guest.wait_listening(port)?;
+    let _slow = std::thread::spawn(move || http::get(port, "/sleep?ms=20000"));
+    std::thread::sleep(Duration::from_millis(300));
+    guest.signal("SIGTERM")?;
+    e2e::wait_for("the drain to start", Duration::from_secs(5), || {
+        guest.output().contains("stopped accepting").then_some(())
+    })?;
+    guest.signal("SIGINT")?;
+    assert_eq!(guest.wait(Duration::from_secs(10))?, 143, "{}", guest.output());
+    assert!(guest.output().contains("second signal (SIGINT)"), "{}", guest.output());
+    Ok(())
+}
+
+#[test]
+fn a_trap_fails_one_request_and_the_server_keeps_serving() -> Result<()> {
+    let containerd = Containerd::start("1.6")?;
+    containerd.import("test-http.tar", &[])?;
+    let port = free_port();
+    let mut guest = containerd.run(
+        Run::new(TEST_HTTP, "trap")
+            .listen(port)
+            .env("WASMTIME_CUSTOM_REQUEST_TIMEOUT_SECONDS", 2)
+            .env("GREETING", "hi"),
+    )?;
+    guest.wait_listening(port)?;
+
+    let trapped = http::get(port, "/trap")?;
+    assert_eq!(trapped.status, 500, "{}", trapped.body);
+    let trap_id = trapped.header("x-request-id").unwrap().to_string();
+    assert!(trapped.body.contains(&trap_id), "{}", trapped.body);
+    assert_eq!(http::get(port, "/")?.status, 200);
+
+    // A guest that computes forever is stopped at the request timeout.
+    let started = Instant::now();
+    let spun = http::get(port, "/spin")?;
+    assert_eq!(spun.status, 504, "{}", spun.body);
+    assert!(started.elapsed() < Duration::from_secs(10), "timeout took {:?}", started.elapsed());
+    assert_eq!(http::get(port, "/")?.status, 200);
+
+    // Guest output reaches the container's log, tagged with the request id,
+    // and the container's environment reaches the guest.
+    let logged = http::get(port, "/log")?;
+    let id = logged.header("x-request-id").unwrap().to_string();
+    assert_eq!(http::get(port, "/env?name=GREETING")?.body, "hi");
+    let given = http::request(port, "GET", "/log", "")?; // no x-request-id sent: one is made
+    assert_ne!(given.header("x-request-id"), Some(id.as_str()));
+    e2e::wait_for("tagged guest output", Duration::from_secs(5), || {
+        let output = guest.output();
+        (output.contains(&format!("[req={id}] hello from the guest on stdout\n"))
+            && output.contains(&format!("[req={id}] hello from the guest on stderr\n"))
+            && output.contains(&format!("[req={trap_id}] wasmtime-custom: the handler failed")))
+        .then_some(())
+    })
+    .map_err(|e| e.context(guest.output()))?;
+
+    guest.signal("SIGTERM")?;
+    assert_eq!(guest.wait(Duration::from_secs(30))?, 0);
+    Ok(())
+}
+
+#[test]
+fn broken_images_fail_to_start_with_their_cause() -> Result<()> {
+    let containerd = Containerd::start("1.6")?;
+    for archive in ["test-not-wasm.tar", "test-truncated.tar", "test-no-export.tar", "test-http.tar"] {
+        containerd.import(archive, &[])?;
+    }
+    for (image, cause) in [
+        ("test-not-wasm", "/app.wasm is not WebAssembly: it is a text file"),
+        ("test-truncated", "/app.wasm is a WebAssembly component but it does not compile"),
+        ("test-no-export", "exports neither wasi:http/incoming-handler (an HTTP service) nor wasi:cli/run"),
+    ] {
+        let mut broken = containerd.run(Run::new(&format!("localhost/wasmtime-custom/{image}:latest"), image))?;
+        let code = broken.wait(Duration::from_secs(30))?;
+        assert_eq!(code, 126, "{image}: {}", broken.output());
+        assert!(broken.output().contains(cause), "{image}: {}", broken.output());
+        assert!(containerd.log().contains(cause), "{image}: the cause is not in containerd's log");
+    }
+    // containerd and other containers are unaffected.
+    containerd.ctr_ok(&["version"])?;
+    let port = free_port();
+    let mut healthy = containerd.run(Run::new(TEST_HTTP, "after").listen(port))?;
+    healthy.wait_listening(port)?;
+    assert_eq!(http::get(port, "/")?.status, 200);
+    Ok(())
+}
+
+#[test]
+fn commands_and_core_modules_exit_with_their_code() -> Result<()> {
+    let containerd = Containerd::start("1.6")?;
+    containerd.import("test-command.tar", &[])?;
+    containerd.import("test-module.tar", &[])?;
+
+    let command = "localhost/wasmtime-custom/test-command:latest";
+    let mut run = containerd.run(Run::new(command, "command").env("GREETING", "hi").arg("/app.wasm").arg("7"))?;
+    // WASIp2's stable `exit` carries only success or failure: Rust's
+    // `exit(7)` arrives as failure, exit code 1. (Core modules keep theirs.)
+    assert_eq!(run.wait(Duration::from_secs(30))?, 1, "{}", run.output());
+    assert!(run.output().contains(r#"hello from a command: args=["7"] GREETING=Some("hi")"#), "{}", run.output());
+
+    let mut run = containerd.run(Run::new(command, "command-ok"))?;
+    assert_eq!(run.wait(Duration::from_secs(30))?, 0, "{}", run.output());
+
+    let mut run = containerd.run(Run::new("localhost/wasmtime-custom/test-module:latest", "module"))?;
+    assert_eq!(run.wait(Duration::from_secs(30))?, 3, "{}", run.output());
+    assert!(run.output().contains("hello from a core module"), "{}", run.output());
+    Ok(())
+}
+
+#[test]
+fn wasm_layer_image_on_containerd_1_7_reuses_its_precompiled_artifact() -> Result<()> {
+    let containerd = Containerd::start("1.7")?;
+    containerd.import("app-wasm.tar", &["--all-platforms"])?;
+    let mut first_200 = Vec::new();
+    for start in ["first", "second"] {
+        let port = free_port();
+        let begun = Instant::now();
+        let mut app = containerd.run(Run::new(APP_WASM, start).platform("wasip1/wasm").listen(port))?;
+        app.wait_listening(port)?;
+        assert_eq!(http::get(port, "/healthz")?.status, 200);
+        first_200.push(begun.elapsed());
+        app.signal("SIGTERM")?;
+        assert_eq!(app.wait(Duration::from_secs(30))?, 0, "{}", app.output());
+        // Compiled once, on the first start only.
+        assert_eq!(containerd.log().matches("precompiling layers for image").count(), 1, "after the {start} start");
+    }
+    // The artifact is in the content store, labelled for this shim.
+    let content = containerd.ctr_ok(&["content", "ls"])?;
+    assert!(content.contains("runwasi.io/precompiled/wasmtime-custom/"), "{content}");
+    println!("ctr run to first 200: first start {:?}, cached start {:?}", first_200[0], first_200[1]);
+    Ok(())
+}
