@@ -180,10 +180,8 @@ impl Answer {
 /// One request to Dapr's HTTP API; `Err` means it could not be completed.
 fn send(dapr: &DaprUrl, method: &Method, path: &str, body: &[u8]) -> Result<Answer, String> {
     let length = body.len().to_string();
-    let headers = header_fields(&[
-        ("content-type", b"application/json"),
-        ("content-length", length.as_bytes()),
-    ])?;
+    let headers =
+        header_fields(&[("content-type", b"application/json"), ("content-length", length.as_bytes())])?;
     let request = OutgoingRequest::new(headers);
     let scheme = if dapr.https { Scheme::Https } else { Scheme::Http };
     request.set_method(method).map_err(|()| "invalid method".to_string())?;
@@ -204,9 +202,8 @@ fn send(dapr: &DaprUrl, method: &Method, path: &str, body: &[u8]) -> Result<Answ
             None => pending.subscribe().block(),
         }
     };
-    let response = response
-        .map_err(|()| "response already taken".to_string())?
-        .map_err(|e| format!("{e:?}"))?;
+    let response =
+        response.map_err(|()| "response already taken".to_string())?.map_err(|e| format!("{e:?}"))?;
     let status = response.status();
     let content_type = response
         .headers()

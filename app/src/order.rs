@@ -155,7 +155,9 @@ mod tests {
         assert!(err.contains("missing field `orderId`"), "{err}");
         let err = Order::parse(br#"{"orderId":1}"#).unwrap_err();
         assert!(err.contains("missing field `delivery`"), "{err}");
-        let err = Order::parse(br#"{"orderId":1,"delivery":"Express","items":[{"orderItemId":1,"sku":"a"}]}"#).unwrap_err();
+        let err =
+            Order::parse(br#"{"orderId":1,"delivery":"Express","items":[{"orderItemId":1,"sku":"a"}]}"#)
+                .unwrap_err();
         assert!(err.contains("missing field `quantity`"), "{err}");
     }
 

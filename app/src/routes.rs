@@ -240,7 +240,10 @@ mod tests {
     #[test]
     fn dapr_url_defaults_and_parses() {
         let url = DaprUrl::parse(None).unwrap();
-        assert_eq!(url, DaprUrl { https: false, authority: "localhost:3500".into(), base_path: String::new() });
+        assert_eq!(
+            url,
+            DaprUrl { https: false, authority: "localhost:3500".into(), base_path: String::new() }
+        );
         assert_eq!(url.binding_path("x"), "/v1.0/bindings/x");
         let url = DaprUrl::parse(Some("https://dapr.example:443/prefix/")).unwrap();
         assert!(url.https);

@@ -30,7 +30,8 @@ pub fn post(port: u16, path: &str, body: &str) -> Result<Response> {
 }
 
 pub fn request(port: u16, method: &str, path: &str, body: &str) -> Result<Response> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connect to port {port}"))?;
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connect to port {port}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
@@ -83,7 +84,9 @@ mod tests {
 
     #[test]
     fn parses_chunked_and_sized_bodies() {
-        let r = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        let r =
+            parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+                .unwrap();
         assert_eq!((r.status, r.body.as_str()), (200, "abcde"));
         let r = parse(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nX-Request-Id: a-1\r\n\r\nno").unwrap();
         assert_eq!((r.status, r.body.as_str(), r.header("x-request-id")), (404, "no", Some("a-1")));

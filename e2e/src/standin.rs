@@ -97,10 +97,10 @@ fn serve(stream: TcpStream, calls: &Mutex<Vec<Call>>, status: u16) -> Result<()>
         if line.is_empty() {
             break;
         }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse()?;
-            }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse()?;
         }
     }
     let mut body = vec![0; length];

@@ -84,7 +84,10 @@ fn app_serves_the_order_contract_on_containerd_1_6() -> Result<()> {
     // The guest's log line of that request carries its request id.
     let id = down.header("x-request-id").expect("every response has a request id").to_string();
     e2e::wait_for("the 503's log line", Duration::from_secs(5), || {
-        app.output().lines().any(|l| l.starts_with(&format!("[req={id}] POST /q-order-standard-in -> 503"))).then_some(())
+        app.output()
+            .lines()
+            .any(|l| l.starts_with(&format!("[req={id}] POST /q-order-standard-in -> 503")))
+            .then_some(())
     })?;
 
     app.signal("SIGTERM")?;
@@ -129,7 +132,8 @@ fn grace_period_and_second_signal_end_a_drain_at_once() -> Result<()> {
 
     // The grace period runs out before the request ends.
     let port = free_port();
-    let mut guest = containerd.run(Run::new(TEST_HTTP, "grace").listen(port).env("WASMTIME_CUSTOM_GRACE_SECONDS", 1))?;
+    let mut guest =
+        containerd.run(Run::new(TEST_HTTP, "grace").listen(port).env("WASMTIME_CUSTOM_GRACE_SECONDS", 1))?;
     guest.wait_listening(port)?;
     let _slow = std::thread::spawn(move || http::get(port, "/sleep?ms=20000"));
     std::thread::sleep(Duration::from_millis(300));
@@ -137,7 +141,11 @@ fn grace_period_and_second_signal_end_a_drain_at_once() -> Result<()> {
     guest.signal("SIGTERM")?;
     assert_eq!(guest.wait(Duration::from_secs(10))?, 143, "{}", guest.output());
     assert!(signalled.elapsed() < Duration::from_secs(5));
-    assert!(guest.output().contains("grace period over; exiting with 1 request(s) unfinished"), "{}", guest.output());
+    assert!(
+        guest.output().contains("grace period over; exiting with 1 request(s) unfinished"),
+        "{}",
+        guest.output()
+    );
 
     // A second signal does not wait for the 25 s default grace period.
     let port = free_port();
@@ -213,7 +221,8 @@ fn broken_images_fail_to_start_with_their_cause() -> Result<()> {
         ("test-truncated", "/app.wasm is a WebAssembly component but it does not compile"),
         ("test-no-export", "exports neither wasi:http/incoming-handler (an HTTP service) nor wasi:cli/run"),
     ] {
-        let mut broken = containerd.run(Run::new(&format!("localhost/wasmtime-custom/{image}:latest"), image))?;
+        let mut broken =
+            containerd.run(Run::new(&format!("localhost/wasmtime-custom/{image}:latest"), image))?;
         let code = broken.wait(Duration::from_secs(30))?;
         assert_eq!(code, 126, "{image}: {}", broken.output());
         assert!(broken.output().contains(cause), "{image}: {}", broken.output());
@@ -235,11 +244,16 @@ fn commands_and_core_modules_exit_with_their_code() -> Result<()> {
     containerd.import("test-module.tar", &[])?;
 
     let command = "localhost/wasmtime-custom/test-command:latest";
-    let mut run = containerd.run(Run::new(command, "command").env("GREETING", "hi").arg("/app.wasm").arg("7"))?;
+    let mut run =
+        containerd.run(Run::new(command, "command").env("GREETING", "hi").arg("/app.wasm").arg("7"))?;
     // WASIp2's stable `exit` carries only success or failure: Rust's
     // `exit(7)` arrives as failure, exit code 1. (Core modules keep theirs.)
     assert_eq!(run.wait(Duration::from_secs(30))?, 1, "{}", run.output());
-    assert!(run.output().contains(r#"hello from a command: args=["7"] GREETING=Some("hi")"#), "{}", run.output());
+    assert!(
+        run.output().contains(r#"hello from a command: args=["7"] GREETING=Some("hi")"#),
+        "{}",
+        run.output()
+    );
 
     let mut run = containerd.run(Run::new(command, "command-ok"))?;
     assert_eq!(run.wait(Duration::from_secs(30))?, 0, "{}", run.output());
@@ -265,7 +279,11 @@ fn wasm_layer_image_on_containerd_1_7_reuses_its_precompiled_artifact() -> Resul
         app.signal("SIGTERM")?;
         assert_eq!(app.wait(Duration::from_secs(30))?, 0, "{}", app.output());
         // Compiled once, on the first start only.
-        assert_eq!(containerd.log().matches("precompiling layers for image").count(), 1, "after the {start} start");
+        assert_eq!(
+            containerd.log().matches("precompiling layers for image").count(),
+            1,
+            "after the {start} start"
+        );
     }
     // The artifact is in the content store, labelled for this shim.
     let content = containerd.ctr_ok(&["content", "ls"])?;

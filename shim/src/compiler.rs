@@ -7,8 +7,8 @@
 use std::hash::Hash;
 
 use anyhow::Result;
-use containerd_shim_wasm::sandbox::context::WasmLayer;
 use containerd_shim_wasm::sandbox::context::WasmBinaryType;
+use containerd_shim_wasm::sandbox::context::WasmLayer;
 use containerd_shim_wasm::shim::Compiler;
 use wasmtime::Engine;
 

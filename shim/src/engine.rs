@@ -24,7 +24,9 @@ pub fn new(max_memory_bytes: usize) -> Result<Engine> {
         Ok(engine) => Ok(engine),
         Err(e) => {
             log::warn!("pooling allocator unavailable on this host ({e:#}); using on-demand allocation");
-            Engine::new(&config(None)).map_err(anyhow::Error::from).context("could not create the wasmtime engine")
+            Engine::new(&config(None))
+                .map_err(anyhow::Error::from)
+                .context("could not create the wasmtime engine")
         }
     }
 }
@@ -58,9 +60,12 @@ pub fn load(engine: &Engine, bytes: &[u8], precompiled: bool, origin: &str) -> R
     }
     match WasmBinaryType::from_bytes(bytes) {
         Some(WasmBinaryType::Component) => {
-            let component = Component::new(engine, bytes).map_err(anyhow::Error::from).with_context(|| {
-                format!("{origin} is a WebAssembly component but it does not compile (truncated or corrupt?)")
-            })?;
+            let component =
+                Component::new(engine, bytes).map_err(anyhow::Error::from).with_context(|| {
+                    format!(
+                        "{origin} is a WebAssembly component but it does not compile (truncated or corrupt?)"
+                    )
+                })?;
             classify(engine, component, origin)
         }
         Some(WasmBinaryType::Module) => {
@@ -85,12 +90,14 @@ fn load_precompiled(engine: &Engine, bytes: &[u8], origin: &str) -> Result<Workl
     // wasmtime also checks the artifact's header and version before use.
     match Engine::detect_precompiled(bytes) {
         Some(Precompiled::Component) => {
-            let component = unsafe { Component::deserialize(engine, bytes) }.map_err(anyhow::Error::from)
+            let component = unsafe { Component::deserialize(engine, bytes) }
+                .map_err(anyhow::Error::from)
                 .with_context(|| format!("cached precompiled {origin} could not be loaded; {hint}"))?;
             classify(engine, component, origin)
         }
         Some(Precompiled::Module) => {
-            let module = unsafe { Module::deserialize(engine, bytes) }.map_err(anyhow::Error::from)
+            let module = unsafe { Module::deserialize(engine, bytes) }
+                .map_err(anyhow::Error::from)
                 .with_context(|| format!("cached precompiled {origin} could not be loaded; {hint}"))?;
             Ok(Workload::Module(module))
         }
@@ -153,7 +160,10 @@ mod tests {
 
     #[test]
     fn non_wasm_files_are_named_as_such() {
-        assert!(error(b"\x7fELF\x02\x01").contains("/app.wasm is not WebAssembly: it is a Linux (ELF) executable"));
+        assert!(
+            error(b"\x7fELF\x02\x01")
+                .contains("/app.wasm is not WebAssembly: it is a Linux (ELF) executable")
+        );
         assert!(error(b"hello world\n").contains("it is a text file"));
         assert!(error(b"").contains("the file is empty"));
     }

@@ -40,7 +40,13 @@ pub async fn command(engine: &Engine, component: &Component, guest: &Guest, orig
     })
 }
 
-pub async fn module(engine: &Engine, module: &Module, guest: &Guest, origin: &str, func: &str) -> Result<i32> {
+pub async fn module(
+    engine: &Engine,
+    module: &Module,
+    guest: &Guest,
+    origin: &str,
+    func: &str,
+) -> Result<i32> {
     let mut linker = wasmtime::Linker::<WasiP1Ctx>::new(engine);
     p1::add_to_linker_async(&mut linker, |wasi| wasi).map_err(anyhow::Error::from)?;
     let wasi = guest.wasi()?.inherit_stdio().build_p1();

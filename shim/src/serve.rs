@@ -47,7 +47,12 @@ const EPOCH_TICK: Duration = Duration::from_millis(100);
 /// The response header carrying the id that tags the request's log lines.
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
-pub async fn serve(engine: &Engine, component: &Component, guest: &Guest, settings: &Settings) -> Result<i32> {
+pub async fn serve(
+    engine: &Engine,
+    component: &Component,
+    guest: &Guest,
+    settings: &Settings,
+) -> Result<i32> {
     let mut linker = Linker::<Host>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
@@ -62,11 +67,7 @@ pub async fn serve(engine: &Engine, component: &Component, guest: &Guest, settin
     // Everything that can be checked is checked before listening: a broken
     // container fails its start instead of its first request.
     let listener = TcpListener::bind(settings.listen).await.with_context(|| {
-        format!(
-            "could not listen on {} (set {} to a free address)",
-            settings.listen,
-            crate::settings::LISTEN
-        )
+        format!("could not listen on {} (set {} to a free address)", settings.listen, crate::settings::LISTEN)
     })?;
     start_epoch_ticker(engine.clone());
     let server = Arc::new(Server::new(pre, guest, settings));
@@ -210,7 +211,10 @@ impl Server {
         Ok(store)
     }
 
-    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Infallible> {
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Result<Response<HyperOutgoingBody>, Infallible> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let id = self.request_id(&request);
         let mut response = match self.run_guest(&id, request).await {
@@ -224,7 +228,11 @@ impl Server {
         Ok(response)
     }
 
-    async fn run_guest(&self, id: &str, request: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Failure> {
+    async fn run_guest(
+        &self,
+        id: &str,
+        request: Request<Incoming>,
+    ) -> Result<Response<HyperOutgoingBody>, Failure> {
         let timeout = self.settings.request_timeout;
         let mut store = self.new_store(id).map_err(|e| Failure::Unavailable(format!("{e:#}")))?;
         let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -250,7 +258,9 @@ impl Server {
             match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(())) => Ok(()),
                 // The epoch deadline (see `new_store`) stops a guest that computes too long.
-                Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => Err(Failure::Timeout(timeout)),
+                Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
+                    Err(Failure::Timeout(timeout))
+                }
                 Ok(Err(e)) => Err(Failure::Guest(format!("{e:?}"))),
                 Err(_) => Err(Failure::Timeout(timeout)),
             }

@@ -71,11 +71,10 @@ impl Settings {
                     settings.request_timeout = Duration::from_secs(secs);
                 }
                 MAX_MEMORY_MB => {
-                    let mb: usize = value
-                        .parse()
-                        .ok()
-                        .filter(|mb| (1..=4096).contains(mb))
-                        .with_context(|| format!("{key}={value:?} must be a whole number of MiB from 1 to 4096"))?;
+                    let mb: usize =
+                        value.parse().ok().filter(|mb| (1..=4096).contains(mb)).with_context(|| {
+                            format!("{key}={value:?} must be a whole number of MiB from 1 to 4096")
+                        })?;
                     settings.max_memory_bytes = mb << 20;
                 }
                 _ => bail!(

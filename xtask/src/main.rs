@@ -55,13 +55,22 @@ fn images(root: &Path, out: &Path) -> Result<()> {
     let plain = |file, name, wasm| Image { file, name, wasm_layer: false, wasm };
     let images = [
         plain("app.tar", "localhost/wasmtime-custom/app:latest", app.clone()),
-        Image { file: "app-wasm.tar", name: "localhost/wasmtime-custom/app:wasm", wasm_layer: true, wasm: app },
+        Image {
+            file: "app-wasm.tar",
+            name: "localhost/wasmtime-custom/app:wasm",
+            wasm_layer: true,
+            wasm: app,
+        },
         plain("test-http.tar", "localhost/wasmtime-custom/test-http:latest", test_http),
         plain("test-command.tar", "localhost/wasmtime-custom/test-command:latest", test_command),
         plain("test-module.tar", "localhost/wasmtime-custom/test-module:latest", guests::core_module()?),
         plain("test-not-wasm.tar", "localhost/wasmtime-custom/test-not-wasm:latest", guests::not_wasm()),
         plain("test-truncated.tar", "localhost/wasmtime-custom/test-truncated:latest", truncated),
-        plain("test-no-export.tar", "localhost/wasmtime-custom/test-no-export:latest", guests::no_export_component()?),
+        plain(
+            "test-no-export.tar",
+            "localhost/wasmtime-custom/test-no-export:latest",
+            guests::no_export_component()?,
+        ),
     ];
 
     std::fs::create_dir_all(out).with_context(|| format!("could not create {}", out.display()))?;

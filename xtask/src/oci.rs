@@ -171,12 +171,17 @@ mod tests {
         let c = wasm_layer_image("localhost/x:wasm", b"\0asm\x01\0\0\0").unwrap();
         let d = wasm_layer_image("localhost/x:wasm", b"\0asm\x01\0\0\0").unwrap();
         assert_eq!(sha256(&c), sha256(&d));
-        assert_ne!(sha256(&a), sha256(&plain_image("localhost/x:latest", "amd64", b"\0asm\x01\0\0\x01").unwrap()));
+        assert_ne!(
+            sha256(&a),
+            sha256(&plain_image("localhost/x:latest", "amd64", b"\0asm\x01\0\0\x01").unwrap())
+        );
     }
 
     #[test]
     fn every_blob_is_stored_under_its_digest() {
-        for archive in [plain_image("n:t", "amd64", b"abc").unwrap(), wasm_layer_image("n:t", b"abc").unwrap()] {
+        for archive in
+            [plain_image("n:t", "amd64", b"abc").unwrap(), wasm_layer_image("n:t", b"abc").unwrap()]
+        {
             for (path, bytes) in entries(&archive) {
                 if let Some(hex) = path.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
                     assert_eq!(sha256(&bytes), format!("sha256:{hex}"));
