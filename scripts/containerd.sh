@@ -106,7 +106,9 @@ stop() {
     rm -f "$dir/containerd.pid"
   fi
   # Anything still mounted under DIR (rootfs, shm) goes, deepest first.
-  grep -F " $dir/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do
+  local mounts
+  mounts=$(awk -v prefix="$dir/" 'index($2, prefix) == 1 { print $2 }' /proc/mounts | sort -r)
+  for m in $mounts; do
     umount -l "$m" 2>/dev/null || true
   done
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing wasmtime-custom needs, idempotently:
-# Debian packages, the wasm32-wasip2 Rust target, and a private copy of
-# containerd 1.7 (unpacked from Debian trixie into target/, never installed).
+# Debian packages, the wasm32-wasip2 Rust target, private copies of
+# containerd 1.7 and 2.1 (unpacked from Debian trixie and sid into target/,
+# never installed), and kubernetes-validate from PyPI.
 #
 # Usage: scripts/install-prerequisites.sh
 set -euo pipefail
@@ -23,6 +24,16 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
-# containerd 1.7 (wasm-layer images need >= 1.7.7; Debian 12 ships 1.6.20).
+# containerd 1.7 (wasm-layer images need >= 1.7.7; Debian 12 ships 1.6.20)
+# and 2.1 (config version 3), for the installer's and the shim's tests.
 "$root/scripts/fetch-containerd.sh" trixie >/dev/null
+"$root/scripts/fetch-containerd.sh" sid >/dev/null
+
+# Offline validation of the Kubernetes manifests against the API schemas.
+if ! command -v kubernetes-validate >/dev/null; then
+  pip install --quiet kubernetes-validate
+fi
+# kubectl (for `kubectl kustomize`) comes with the machine image; there is no
+# apt source for it here, so say so instead of failing later in a test.
+command -v kubectl >/dev/null || { echo "install-prerequisites: kubectl is missing (needed for kubectl kustomize)" >&2; exit 1; }
 echo "prerequisites ready"

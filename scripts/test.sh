@@ -12,4 +12,8 @@ scripts/install-prerequisites.sh
 # debug build of wasmtime).
 cargo build --release -p containerd-shim-wasmtime-custom
 cargo xtask images
-cargo test --release --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release --workspace --lib --bins --tests "$@" 2>&1 | tee "$log"
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
