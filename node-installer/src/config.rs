@@ -55,6 +55,9 @@ pub struct Context {
     /// lists any runtime, so a version 2 file without runc gets it written
     /// out next to ours.
     pub runc_defaults: Option<toml::Table>,
+    /// The file is a template whose base already lists runc (k3s, RKE2):
+    /// runc must not be written again.
+    pub base_lists_runc: bool,
 }
 
 /// Adds the runtime to `text`, or brings an existing entry up to date. The
@@ -71,7 +74,7 @@ pub fn install(text: &str, runtime: &Runtime, context: &Context) -> Result<Edit>
         // keeps runtimes, with runc made explicit where containerd 1.x would
         // otherwise lose it.
         let place = default_place(version);
-        if version == 2 && lookup(&doc, &place).is_none_or(|t| !t.contains_key("runc")) {
+        if version == 2 && !context.base_lists_runc {
             let runc = context.runc_defaults.as_ref().context(
                 "this version 2 config lists no runc; its resolved runc (from `containerd config dump`) \
                  is needed to keep runc when another runtime is added",
@@ -218,6 +221,12 @@ pub fn config_version(doc: &DocumentMut, fallback: Option<i64>) -> Result<i64> {
         bail!("config version {version} is not supported (2, 3 and 4 are)");
     }
     Ok(version)
+}
+
+/// Whether a config text defines runc in a CRI runtimes table.
+pub fn lists_runc(text: &str) -> Result<bool> {
+    let (doc, _) = parse(text)?;
+    Ok(!runc_places(&doc).is_empty())
 }
 
 /// The `version` of a config text (template lines set aside), if it has one.
@@ -445,7 +454,7 @@ mod tests {
             "runtime_type = \"io.containerd.runc.v2\"\nsandbox_mode = \"podsandbox\"\n[options]\nSystemdCgroup = false\n",
         )
         .unwrap();
-        let context = Context { base_version: None, runc_defaults: Some(runc) };
+        let context = Context { runc_defaults: Some(runc), ..Context::default() };
         let edit = super::install("version = 2\n", &runtime(), &context).unwrap();
         assert!(edit.text.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\nruntime_type = \"io.containerd.runc.v2\"\nsandbox_mode = \"podsandbox\"\n"), "{}", edit.text);
         assert!(edit.text.contains("SystemdCgroup = false"));
@@ -469,7 +478,7 @@ mod tests {
         // The version comes from what the base renders to, which the
         // template cannot show: the caller passes it.
         assert!(install(template).is_err());
-        let context = Context { base_version: Some(3), runc_defaults: None };
+        let context = Context { base_version: Some(3), ..Context::default() };
         let edit = super::install(template, &runtime(), &context).unwrap();
         assert!(edit.text.starts_with(template));
         assert!(

@@ -1,0 +1,89 @@
+//! A CRI client over containerd's socket: the kubelet's only way to talk to
+//! containerd, so the installer's health check asks it what the kubelet
+//! would ask (and the tests drive pods through it).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::StatusRequest;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub type RuntimeClient = RuntimeServiceClient<Channel>;
+
+/// Connects to the CRI gRPC service on `socket` (containerd's main socket).
+pub async fn connect(socket: &Path) -> Result<RuntimeClient> {
+    let path: PathBuf = socket.to_path_buf();
+    // The URI is required by tonic but unused: the connector dials the socket.
+    let channel = Endpoint::try_from("http://[::]:0")?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .with_context(|| format!("could not connect to containerd's socket {}", socket.display()))?;
+    Ok(RuntimeServiceClient::new(channel))
+}
+
+/// What CRI's `Status` says about the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The `RuntimeReady` condition.
+    pub runtime_ready: bool,
+    /// Runtime handlers containerd's CRI plugin knows, from the CRI
+    /// `runtime_handlers` field (containerd 2) or its verbose config
+    /// (containerd 1.x).
+    pub handlers: Vec<String>,
+}
+
+/// Calls CRI `Status` (verbose) once.
+pub async fn status(client: &mut RuntimeClient) -> Result<Health> {
+    let response =
+        client.status(StatusRequest { verbose: true }).await.context("CRI Status failed")?.into_inner();
+    let runtime_ready = response
+        .status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
+    let mut handlers: Vec<String> = response.runtime_handlers.iter().map(|h| h.name.clone()).collect();
+    if let Some(config) = response.info.get("config") {
+        let config: serde_json::Value =
+            serde_json::from_str(config).context("CRI Status config is not JSON")?;
+        if let Some(runtimes) = config.pointer("/containerd/runtimes").and_then(|r| r.as_object()) {
+            handlers.extend(runtimes.keys().cloned());
+        }
+    }
+    handlers.sort();
+    handlers.dedup();
+    Ok(Health { runtime_ready, handlers })
+}
+
+/// Waits until containerd answers CRI `Status` with the runtime ready and,
+/// if given, `handler` known. Fails after `timeout` with the last reason.
+pub async fn wait_healthy(socket: &Path, handler: Option<&str>, timeout: Duration) -> Result<Health> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_problem;
+    loop {
+        last_problem = match connect(socket).await {
+            Ok(mut client) => match status(&mut client).await {
+                Ok(health) if !health.runtime_ready => "the RuntimeReady condition is false".to_string(),
+                Ok(health) => match handler {
+                    Some(name) if !health.handlers.iter().any(|h| h == name) => format!(
+                        "containerd runs but does not know the runtime handler {name} (it knows: {})",
+                        health.handlers.join(", ")
+                    ),
+                    _ => return Ok(health),
+                },
+                Err(e) => format!("{e:#}"),
+            },
+            Err(e) => format!("{e:#}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("containerd is not healthy after {}s: {last_problem}", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,14 @@
+//! The node installer of wasmtime-custom: puts the shim on a node, registers
+//! it in containerd's config without disturbing anything else, restarts
+//! containerd only when needed and safely, and marks the node ready.
+//! `main.rs` is the command line; see `install` for the order of steps.
+
+pub mod binary;
+pub mod config;
+pub mod cri;
+pub mod dump;
+pub mod host;
+pub mod install;
+pub mod layout;
+pub mod node;
+pub mod system;
