@@ -4,30 +4,38 @@
 # system's containerd.
 #
 # Usage:
-#   scripts/containerd.sh start DIR [1.6|1.7]   start it (default 1.6, Debian 12's);
+#   scripts/containerd.sh start DIR [VERSION]   start it: 1.6 (default, Debian 12's),
+#                                              1.7 or 2.1 (unpacked privately);
 #                                              prints the socket path
+#   scripts/containerd.sh restart DIR          stop containerd (not its tasks) and
+#                                              start it again as before
 #   scripts/containerd.sh stop DIR             kill its tasks, stop it, unmount
 #   scripts/containerd.sh ctr DIR ARGS...      run the matching ctr against it
 #
-# Environment:
-#   WASMTIME_CUSTOM_SHIM_DIR   folder holding containerd-shim-wasmtime-custom-v1
+# Environment (for start):
+#   WASMTIME_CUSTOM_SHIM_DIR   folder put first on containerd's PATH, holding
+#                              containerd-shim-wasmtime-custom-v1
 #                              (default: target/release of this checkout)
+#   CONTAINERD_CONFIG_FILE     use this config instead of writing DIR/config.toml
+#                              (it must set its own root, state and grpc address)
+#   CONTAINERD_SOCKET          that config's grpc address (with CONTAINERD_CONFIG_FILE)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:-}
 dir=${2:-}
-usage="usage: scripts/containerd.sh start DIR [1.6|1.7] | stop DIR | ctr DIR ARGS..."
+usage="usage: scripts/containerd.sh start DIR [1.6|1.7|2.1] | restart DIR | stop DIR | ctr DIR ARGS..."
 [[ -n "$cmd" && -n "$dir" ]] || { echo "$usage" >&2; exit 2; }
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
-sock="$dir/containerd.sock"
+sock=$(cat "$dir/socket" 2>/dev/null || echo "$dir/containerd.sock")
 
 bin_dir() {
   case "$1" in
     1.6) echo /usr/bin ;;
     1.7) "$root/scripts/fetch-containerd.sh" trixie ;;
-    *) echo "containerd.sh: unknown version $1 (use 1.6 or 1.7)" >&2; exit 2 ;;
+    2.1) "$root/scripts/fetch-containerd.sh" sid ;;
+    *) echo "containerd.sh: unknown version $1 (use 1.6, 1.7 or 2.1)" >&2; exit 2 ;;
   esac
 }
 
@@ -38,10 +46,9 @@ ctr_bin() {
 }
 
 start() {
-  local version=${1:-1.6} bins shim_dir
-  bins=$(bin_dir "$version")
+  local version=${1:-1.6} shim_dir config
   shim_dir=${WASMTIME_CUSTOM_SHIM_DIR:-$root/target/release}
-  if [[ ! -x "$shim_dir/containerd-shim-wasmtime-custom-v1" ]]; then
+  if [[ -z ${WASMTIME_CUSTOM_SHIM_DIR:-} && ! -x "$shim_dir/containerd-shim-wasmtime-custom-v1" ]]; then
     echo "containerd.sh: no shim in $shim_dir; build it: cargo build --release -p containerd-shim-wasmtime-custom" >&2
     exit 1
   fi
@@ -49,8 +56,13 @@ start() {
     echo "containerd.sh: a containerd already runs for $dir (pid $(cat "$dir/containerd.pid"))" >&2
     exit 1
   fi
-  echo "$version" >"$dir/version"
-  cat >"$dir/config.toml" <<TOML
+  if [[ -n ${CONTAINERD_CONFIG_FILE:-} ]]; then
+    config=$CONTAINERD_CONFIG_FILE
+    sock=${CONTAINERD_SOCKET:?CONTAINERD_SOCKET must name the socket of CONTAINERD_CONFIG_FILE}
+  else
+    config="$dir/config.toml"
+    sock="$dir/containerd.sock"
+    cat >"$config" <<TOML
 version = 2
 root = "$dir/root"
 state = "$dir/state"
@@ -63,8 +75,24 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [debug]
   level = "info"
 TOML
-  PATH="$shim_dir:$bins:$PATH" nohup "$bins/containerd" --config "$dir/config.toml" \
-    >"$dir/containerd.log" 2>&1 &
+  fi
+  echo "$version" >"$dir/version"
+  echo "$config" >"$dir/config-path"
+  echo "$sock" >"$dir/socket"
+  echo "$shim_dir" >"$dir/shim-dir"
+  launch
+  echo "$sock"
+}
+
+# Starts containerd as recorded in DIR and waits until it answers.
+launch() {
+  local version bins config shim_dir
+  version=$(cat "$dir/version")
+  bins=$(bin_dir "$version")
+  config=$(cat "$dir/config-path")
+  shim_dir=$(cat "$dir/shim-dir")
+  PATH="$shim_dir:$bins:$PATH" nohup "$bins/containerd" --config "$config" \
+    >>"$dir/containerd.log" 2>&1 &
   echo $! >"$dir/containerd.pid"
   local deadline=$((SECONDS + 30))
   until "$bins/ctr" -a "$sock" version >/dev/null 2>&1; do
@@ -79,11 +107,21 @@ TOML
     fi
     sleep 0.1
   done
-  echo "$sock"
+}
+
+# Stops the containerd process only; its shims and tasks keep running.
+stop_daemon() {
+  local pid
+  [[ -f "$dir/containerd.pid" ]] || return 0
+  pid=$(cat "$dir/containerd.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$dir/containerd.pid"
 }
 
 stop() {
-  local ctr pid
+  local ctr
   ctr=$(ctr_bin)
   if [[ -S "$sock" ]]; then
     for ns in $("$ctr" -a "$sock" namespaces ls -q 2>/dev/null); do
@@ -98,13 +136,7 @@ stop() {
   fi
   # Shims name their containerd's socket on their command line.
   pkill -KILL -f -- "-address $sock" 2>/dev/null || true
-  if [[ -f "$dir/containerd.pid" ]]; then
-    pid=$(cat "$dir/containerd.pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$dir/containerd.pid"
-  fi
+  stop_daemon
   # Anything still mounted under DIR (rootfs, shm) goes, deepest first.
   local mounts
   mounts=$(awk -v prefix="$dir/" 'index($2, prefix) == 1 { print $2 }' /proc/mounts | sort -r)
@@ -115,6 +147,7 @@ stop() {
 
 case "$cmd" in
   start) start "${3:-1.6}" ;;
+  restart) stop_daemon; launch ;;
   stop) stop ;;
   ctr) shift 2; exec "$(ctr_bin)" -a "$sock" "$@" ;;
   *) echo "$usage" >&2; exit 2 ;;

@@ -8,9 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-prerequisites.sh
-# One release build serves the shim binary and the tests (no second,
-# debug build of wasmtime).
-cargo build --release -p containerd-shim-wasmtime-custom
+# One release build of the whole workspace serves the binaries (shim,
+# installer) and the tests: same profile and features, so the test step
+# does not build wasmtime a second time.
+cargo build --release --workspace
 cargo xtask images
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

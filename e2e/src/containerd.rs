@@ -34,15 +34,38 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts containerd `version` ("1.6" or "1.7") with the shim from
-    /// `target/release` on its PATH.
+    /// Starts containerd `version` ("1.6", "1.7" or "2.1") with the shim
+    /// from `target/release` on its PATH.
     pub fn start(version: &'static str) -> Result<Containerd> {
+        Containerd::start_with(version, &[])
+    }
+
+    /// Starts containerd `version` on a config of the caller's (which sets
+    /// its own root, state and `socket`), with `shim_dir` first on its PATH.
+    pub fn start_with_config(
+        version: &'static str,
+        config: &Path,
+        socket: &Path,
+        shim_dir: &Path,
+    ) -> Result<Containerd> {
+        Containerd::start_with(
+            version,
+            &[
+                ("CONTAINERD_CONFIG_FILE", config.as_os_str()),
+                ("CONTAINERD_SOCKET", socket.as_os_str()),
+                ("WASMTIME_CUSTOM_SHIM_DIR", shim_dir.as_os_str()),
+            ],
+        )
+    }
+
+    fn start_with(version: &'static str, env: &[(&str, &std::ffi::OsStr)]) -> Result<Containerd> {
         // Under /tmp: the socket path must stay short (108 bytes at most).
         let dir = tempfile::Builder::new().prefix("wtc-e2e-").tempdir_in("/tmp")?;
         let output = Command::new(script())
             .arg("start")
             .arg(dir.path())
             .arg(version)
+            .envs(env.iter().copied())
             .output()
             .context("run scripts/containerd.sh")?;
         if !output.status.success() {
@@ -57,6 +80,17 @@ impl Containerd {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The shell command that restarts this containerd (its tasks keep running).
+    pub fn restart_command(&self) -> String {
+        format!("{} restart {}", script().display(), self.dir().display())
+    }
+
+    /// containerd's process id now.
+    pub fn pid(&self) -> Result<String> {
+        let pid = std::fs::read_to_string(self.dir().join("containerd.pid")).context("containerd.pid")?;
+        Ok(pid.trim().to_string())
     }
 
     /// Runs this containerd's own `ctr` with `args`.

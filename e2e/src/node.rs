@@ -1,0 +1,110 @@
+//! A fake node for the installer's tests: a folder that stands in for a
+//! node's root filesystem (the DaemonSet mounts the real one at
+//! `/mnt/node-root`), holding the node's containerd binary, the libraries
+//! it and the shim need (so both run chrooted into it, as on a node), and
+//! containerd's config with CRI enabled. The containerd reading that config
+//! runs for real, outside the chroot.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+
+use crate::containerd::workspace_root;
+
+pub struct FakeNode {
+    dir: TempDir,
+    /// The config as the test wrote it, to compare after uninstall and rollback.
+    pub original_config: String,
+}
+
+impl FakeNode {
+    /// A node running containerd `version` ("1.7": config version 2;
+    /// "2.1": config version 3).
+    pub fn new(version: &str) -> Result<FakeNode> {
+        let dir = tempfile::Builder::new().prefix("wtc-node-").tempdir_in("/tmp")?;
+        let node = FakeNode { dir, original_config: String::new() };
+        let containerd = containerd_binary(version)?;
+        node.copy_in(&containerd, Path::new("/usr/bin/containerd"))?;
+        let shim = workspace_root().join("target/release/containerd-shim-wasmtime-custom-v1");
+        for binary in [&containerd, &shim] {
+            for library in libraries(binary)? {
+                node.copy_in(&library, &library)?;
+            }
+        }
+        for dir in ["usr/local/bin", "etc/containerd", "run/containerd", "var/lib/containerd"] {
+            std::fs::create_dir_all(node.root().join(dir))?;
+        }
+        let config = node.config_text(version);
+        std::fs::write(node.root().join("etc/containerd/config.toml"), &config)?;
+        Ok(FakeNode { original_config: config, ..node })
+    }
+
+    /// The node's root folder (`--host-root`).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// containerd's config in the test's view.
+    pub fn config(&self) -> PathBuf {
+        self.root().join("etc/containerd/config.toml")
+    }
+
+    /// containerd's socket in the test's view; `/run/containerd/containerd.sock` on the node.
+    pub fn socket(&self) -> PathBuf {
+        self.root().join("run/containerd/containerd.sock")
+    }
+
+    /// Where the installer puts the shim, in the test's view (on the node:
+    /// `/usr/local/bin`, which is on containerd's PATH).
+    pub fn bin_dir(&self) -> PathBuf {
+        self.root().join("usr/local/bin")
+    }
+
+    fn copy_in(&self, from: &Path, node_path: &Path) -> Result<()> {
+        let to = self.root().join(node_path.strip_prefix("/").unwrap_or(node_path));
+        std::fs::create_dir_all(to.parent().context("a file has a folder")?)?;
+        std::fs::copy(from, &to).with_context(|| format!("copy {} to the fake node", from.display()))?;
+        Ok(())
+    }
+
+    fn config_text(&self, version: &str) -> String {
+        let root = self.root();
+        let root = root.display();
+        let (header, cri) = match version {
+            "2.1" => ("version = 3", "'io.containerd.cri.v1.runtime'"),
+            _ => ("version = 2", "\"io.containerd.grpc.v1.cri\""),
+        };
+        format!(
+            "# The fake node's containerd config (written by the test).\n{header}\n\
+             root = \"{root}/var/lib/containerd\"\nstate = \"{root}/run/containerd/state\"\n\n\
+             [grpc]\n  address = \"{root}/run/containerd/containerd.sock\"\n\n\
+             [plugins.{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\n\
+             [plugins.{cri}.containerd.runtimes.runc.options]\n  SystemdCgroup = false\n"
+        )
+    }
+}
+
+fn containerd_binary(version: &str) -> Result<PathBuf> {
+    let path = match version {
+        "1.6" => PathBuf::from("/usr/bin/containerd"),
+        "1.7" => workspace_root().join("target/containerd/trixie/root/usr/bin/containerd"),
+        "2.1" => workspace_root().join("target/containerd/sid/root/usr/bin/containerd"),
+        other => bail!("no containerd {other} here"),
+    };
+    if !path.exists() {
+        bail!("{} is missing: run scripts/install-prerequisites.sh", path.display());
+    }
+    Ok(path)
+}
+
+/// The shared libraries `binary` loads, as `ldd` resolves them.
+fn libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let output = Command::new("ldd").arg(binary).output().context("run ldd")?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().find(|word| word.starts_with('/')))
+        .map(PathBuf::from)
+        .collect())
+}

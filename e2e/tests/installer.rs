@@ -1,0 +1,137 @@
+//! The node installer against a real containerd: a private containerd whose
+//! config lives in a fake node root (see `e2e::node`), restarted by the
+//! installer through `--restart-command`, checked over CRI, then used.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use e2e::containerd::{Containerd, Run, workspace_root};
+use e2e::node::FakeNode;
+use e2e::{free_port, http};
+
+const TEST_HTTP: &str = "localhost/wasmtime-custom/test-http:latest";
+
+fn installer() -> PathBuf {
+    let path = workspace_root().join("target/release/wasmtime-custom-node-installer");
+    assert!(path.exists(), "{} is missing: run scripts/test.sh (it builds it)", path.display());
+    path
+}
+
+/// Runs the installer on `node` with `args`, restarting with `restart`.
+fn run_installer(node: &FakeNode, restart: &str, args: &[&str]) -> Result<Output> {
+    let shim = workspace_root().join("target/release/containerd-shim-wasmtime-custom-v1");
+    std::process::Command::new(installer())
+        .args(args)
+        .arg("--host-root")
+        .arg(node.root())
+        .args(["--config", "/etc/containerd/config.toml", "--containerd-bin", "/usr/bin/containerd"])
+        .args(["--socket", "/run/containerd/containerd.sock", "--health-timeout", "30"])
+        .arg("--shim")
+        .arg(&shim)
+        .args(["--restart-command", restart])
+        .env_remove("NODE_NAME")
+        .output()
+        .context("run the installer")
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn installs_restarts_serves_and_uninstalls(version: &'static str) -> Result<()> {
+    let node = FakeNode::new(version)?;
+    let containerd = Containerd::start_with_config(version, &node.config(), &node.socket(), &node.bin_dir())?;
+    let restart = containerd.restart_command();
+    let pid_before = containerd.pid()?;
+
+    // First run: binary in place, config edited, containerd restarted and healthy.
+    let first = run_installer(&node, &restart, &["install"])?;
+    assert!(first.status.success(), "containerd {version}: {}", text(&first));
+    let out = text(&first);
+    assert!(out.contains("restarting containerd") && out.contains("containerd is healthy"), "{out}");
+    assert_ne!(containerd.pid()?, pid_before, "containerd must have been restarted");
+    let installed = std::fs::read_to_string(node.config())?;
+    assert!(installed.starts_with(&node.original_config), "the original bytes stay as they were");
+    assert!(node.bin_dir().join("containerd-shim-wasmtime-custom-v1").exists());
+
+    // ctr finds the runtime by name on containerd's PATH and serves.
+    containerd.import("test-http.tar", &[])?;
+    let port = free_port();
+    let mut guest = containerd.run(Run::new(TEST_HTTP, "after-install").listen(port))?;
+    guest.wait_listening(port)?;
+    assert_eq!(http::get(port, "/")?.status, 200);
+    guest.signal("SIGTERM")?;
+    assert_eq!(guest.wait(Duration::from_secs(30))?, 0);
+
+    // Second run: nothing changes, nothing restarts.
+    let pid_installed = containerd.pid()?;
+    let second = run_installer(&node, &restart, &["install"])?;
+    assert!(second.status.success(), "{}", text(&second));
+    assert!(text(&second).contains("containerd not restarted"), "{}", text(&second));
+    assert_eq!(containerd.pid()?, pid_installed, "an unchanged config must not restart containerd");
+    assert_eq!(std::fs::read_to_string(node.config())?, installed);
+
+    // status says it is all there.
+    let status = run_installer(&node, &restart, &["status"])?;
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(text(&status).contains("containerd: healthy, knows wasmtime-custom"), "{}", text(&status));
+
+    // A dry run of uninstall shows the diff and changes nothing.
+    let dry = run_installer(&node, &restart, &["uninstall", "--dry-run"])?;
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(text(&dry).contains("-[plugins."), "{}", text(&dry));
+    assert_eq!(std::fs::read_to_string(node.config())?, installed);
+
+    // Uninstall: the original bytes, no shim, containerd healthy.
+    let removed = run_installer(&node, &restart, &["uninstall"])?;
+    assert!(removed.status.success(), "{}", text(&removed));
+    assert_eq!(std::fs::read_to_string(node.config())?, node.original_config);
+    assert!(!node.bin_dir().join("containerd-shim-wasmtime-custom-v1").exists());
+    containerd.ctr_ok(&["version"])?;
+    Ok(())
+}
+
+#[test]
+fn installer_on_containerd_1_7_installs_restarts_serves_and_uninstalls() -> Result<()> {
+    installs_restarts_serves_and_uninstalls("1.7")
+}
+
+#[test]
+fn installer_on_containerd_2_1_installs_restarts_serves_and_uninstalls() -> Result<()> {
+    installs_restarts_serves_and_uninstalls("2.1")
+}
+
+#[test]
+fn a_failed_restart_rolls_the_config_back_byte_for_byte() -> Result<()> {
+    let node = FakeNode::new("1.7")?;
+    let containerd = Containerd::start_with_config("1.7", &node.config(), &node.socket(), &node.bin_dir())?;
+    // The first restart fails; the one after the rollback works.
+    let marker = containerd.dir().join("restart-failed-once");
+    let restart = format!(
+        "if [ -e {m} ]; then {r}; else touch {m}; echo injected failure >&2; exit 1; fi",
+        m = marker.display(),
+        r = containerd.restart_command()
+    );
+    let run = run_installer(&node, &restart, &["install"])?;
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run));
+    assert!(text(&run).contains("restored byte for byte"), "{}", text(&run));
+    assert!(text(&run).contains("injected failure"), "the cause is reported: {}", text(&run));
+    assert_eq!(std::fs::read_to_string(node.config())?, node.original_config);
+    containerd.ctr_ok(&["version"])?;
+    Ok(())
+}
+
+#[test]
+fn a_corrupt_config_is_left_untouched() -> Result<()> {
+    let node = FakeNode::new("1.7")?;
+    let corrupt =
+        std::fs::read_to_string(workspace_root().join("node-installer/tests/fixtures/corrupt.toml"))?;
+    std::fs::write(node.config(), &corrupt)?;
+    let run = run_installer(&node, "true", &["install"])?;
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run));
+    assert!(text(&run).contains("containerd does not accept its current config"), "{}", text(&run));
+    assert_eq!(std::fs::read_to_string(node.config())?, corrupt);
+    Ok(())
+}
