@@ -13,6 +13,7 @@ scripts/install-prerequisites.sh
 # does not build wasmtime a second time.
 cargo build --release --workspace
 cargo xtask images
+cargo xtask installer-image
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --release --workspace --lib --bins --tests "$@" 2>&1 | tee "$log"

@@ -132,11 +132,17 @@ impl Containerd {
     }
 
     /// `ctr run --rm --net-host --runtime io.containerd.wasmtime-custom.v1`
-    /// in the foreground, its output captured.
+    /// (or the runtime `run` names) in the foreground, its output captured.
     pub fn run(&self, run: Run<'_>) -> Result<Container<'_>> {
-        let mut args = vec!["run", "--rm", "--net-host", "--runtime", RUNTIME];
+        let mut args = vec!["run", "--rm", "--net-host", "--runtime", run.runtime];
         if let Some(platform) = run.platform {
             args.extend(["--platform", platform]);
+        }
+        if run.privileged {
+            args.push("--privileged");
+        }
+        for mount in &run.mounts {
+            args.extend(["--mount", mount]);
         }
         for env in &run.env {
             args.extend(["--env", env]);
@@ -182,14 +188,43 @@ impl Drop for Containerd {
 pub struct Run<'a> {
     image: &'a str,
     id: &'a str,
+    runtime: &'a str,
     env: Vec<String>,
     args: Vec<&'a str>,
     platform: Option<&'a str>,
+    privileged: bool,
+    mounts: Vec<String>,
 }
 
 impl<'a> Run<'a> {
     pub fn new(image: &'a str, id: &'a str) -> Run<'a> {
-        Run { image, id, env: Vec::new(), args: Vec::new(), platform: None }
+        Run {
+            image,
+            id,
+            runtime: RUNTIME,
+            env: Vec::new(),
+            args: Vec::new(),
+            platform: None,
+            privileged: false,
+            mounts: Vec::new(),
+        }
+    }
+
+    /// Another runtime than wasmtime-custom (e.g. `io.containerd.runc.v2`).
+    pub fn runtime(mut self, runtime: &'a str) -> Run<'a> {
+        self.runtime = runtime;
+        self
+    }
+
+    pub fn privileged(mut self) -> Run<'a> {
+        self.privileged = true;
+        self
+    }
+
+    /// Bind-mounts the host folder `source` at `target`, read-write.
+    pub fn bind(mut self, source: &Path, target: &str) -> Run<'a> {
+        self.mounts.push(format!("type=bind,src={},dst={target},options=rbind:rw", source.display()));
+        self
     }
 
     pub fn env(mut self, key: &str, value: impl std::fmt::Display) -> Run<'a> {
@@ -204,6 +239,11 @@ impl<'a> Run<'a> {
 
     pub fn arg(mut self, arg: &'a str) -> Run<'a> {
         self.args.push(arg);
+        self
+    }
+
+    pub fn args(mut self, args: &[&'a str]) -> Run<'a> {
+        self.args.extend_from_slice(args);
         self
     }
 

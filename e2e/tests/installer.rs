@@ -135,3 +135,65 @@ fn a_corrupt_config_is_left_untouched() -> Result<()> {
     assert_eq!(std::fs::read_to_string(node.config())?, corrupt);
     Ok(())
 }
+
+#[test]
+fn the_installer_image_installs_as_the_daemonset_would() -> Result<()> {
+    let node = FakeNode::new("1.7")?;
+    let node_containerd =
+        Containerd::start_with_config("1.7", &node.config(), &node.socket(), &node.bin_dir())?;
+    let pid_before = node_containerd.pid()?;
+    // The installer's container runs in a containerd of its own: a `ctr run`
+    // client in the foreground would lose its connection when the installer
+    // restarts the containerd it runs under (the kubelet reconnects; ctr
+    // does not).
+    let runner = Containerd::start("1.6")?;
+    runner.import("node-installer.tar", &[])?;
+
+    // STAND-IN for systemd (this machine has no systemd to restart
+    // containerd): the installer's restart command asks through a file in
+    // the node root, and this thread restarts the node's containerd.
+    let request = node.root().join("run/restart-request");
+    let restart_command = node_containerd.restart_command();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let agent = {
+        let (request, stop) = (request.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if request.exists() {
+                    let status = std::process::Command::new("sh").args(["-c", &restart_command]).status();
+                    assert!(status.is_ok_and(|s| s.success()), "the stand-in could not restart containerd");
+                    std::fs::remove_file(&request).expect("remove the restart request");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let restart = "touch /mnt/node-root/run/restart-request && \
+                   while test -e /mnt/node-root/run/restart-request; do sleep 0.1; done";
+    let mut installer = runner.run(
+        Run::new("localhost/wasmtime-custom/node-installer:latest", "node-installer")
+            .runtime("io.containerd.runc.v2")
+            .privileged()
+            .bind(&node.root(), "/mnt/node-root")
+            // ctr replaces the entrypoint with the arguments (Kubernetes'
+            // `args` would be appended to it): name the installer first.
+            .args(&[
+                "/usr/local/bin/wasmtime-custom-node-installer",
+                "install",
+                "--host-root",
+                "/mnt/node-root",
+            ])
+            .args(&["--config", "/etc/containerd/config.toml"])
+            .args(&["--containerd-bin", "/usr/bin/containerd", "--socket", "/run/containerd/containerd.sock"])
+            .args(&["--restart-command", restart]),
+    )?;
+    let code = installer.wait(Duration::from_secs(120));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    agent.join().expect("the restart stand-in thread");
+    assert_eq!(code?, 0, "{}", installer.output());
+    assert!(installer.output().contains("containerd is healthy"), "{}", installer.output());
+    assert_ne!(node_containerd.pid()?, pid_before, "the node's containerd was restarted");
+    assert!(node.bin_dir().join("containerd-shim-wasmtime-custom-v1").exists());
+    assert!(std::fs::read_to_string(node.config())?.contains("runtimes.wasmtime-custom]"));
+    Ok(())
+}

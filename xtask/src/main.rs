@@ -1,8 +1,12 @@
 //! Project tasks that are not plain `cargo build`.
 //!
-//! `cargo xtask images [--out DIR]` builds the Wasm components (release,
-//! `wasm32-wasip2`) and writes their OCI image archives for
-//! `ctr image import` into DIR (default `target/images`).
+//! - `cargo xtask images [--out DIR]` builds the Wasm components (release,
+//!   `wasm32-wasip2`) and writes their OCI image archives for
+//!   `ctr image import` into DIR (default `target/images`).
+//! - `cargo xtask installer-image [--out DIR]` builds the workspace (release)
+//!   and writes the node installer's image (`node-installer.tar`): the
+//!   installer, the shim it installs, the libraries they load, and a
+//!   busybox shell for `--restart-command`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -12,7 +16,7 @@ use anyhow::{Context, Result, bail};
 mod guests;
 mod oci;
 
-const USAGE: &str = "usage: cargo xtask images [--out DIR]";
+const USAGE: &str = "usage: cargo xtask images [--out DIR] | cargo xtask installer-image [--out DIR]";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -26,9 +30,12 @@ fn main() -> ExitCode {
 
 fn run(args: Vec<String>) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the workspace")?;
+    let default_out = root.join("target/images");
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["images"] => images(root, &root.join("target/images")),
+        ["images"] => images(root, &default_out),
         ["images", "--out", dir] => images(root, Path::new(dir)),
+        ["installer-image"] => installer_image(root, &default_out),
+        ["installer-image", "--out", dir] => installer_image(root, Path::new(dir)),
         _ => bail!("{USAGE}"),
     }
 }
@@ -78,11 +85,86 @@ fn images(root: &Path, out: &Path) -> Result<()> {
         let archive = if image.wasm_layer {
             oci::wasm_layer_image(image.name, &image.wasm)?
         } else {
-            oci::plain_image(image.name, oci_arch()?, &image.wasm)?
+            oci::plain_wasm_image(image.name, oci_arch()?, &image.wasm)?
         };
-        let path = out.join(image.file);
-        std::fs::write(&path, &archive).with_context(|| format!("could not write {}", path.display()))?;
-        println!("{}  {}  {} bytes  {}", path.display(), image.name, archive.len(), oci::sha256(&archive));
+        write_archive(&out.join(image.file), image.name, &archive)?;
+    }
+    Ok(())
+}
+
+fn write_archive(path: &Path, name: &str, archive: &[u8]) -> Result<()> {
+    std::fs::write(path, archive).with_context(|| format!("could not write {}", path.display()))?;
+    println!("{}  {}  {} bytes  {}", path.display(), name, archive.len(), oci::sha256(archive));
+    Ok(())
+}
+
+const INSTALLER: &str = "wasmtime-custom-node-installer";
+const SHIM: &str = "containerd-shim-wasmtime-custom-v1";
+/// busybox applets the installer's `--restart-command` may need.
+const SHELL_APPLETS: [&str; 6] = ["sh", "touch", "sleep", "rm", "cat", "test"];
+
+/// The node installer's image, as the DaemonSet runs it.
+fn installer_image(root: &Path, out: &Path) -> Result<()> {
+    cargo(root, &["build", "--release", "--workspace"])?;
+    let release = target_dir(root).join("release");
+    let installer = release.join(INSTALLER);
+    let mut files = vec![
+        (format!("usr/local/bin/{INSTALLER}"), installer.clone()),
+        (format!("usr/local/bin/{SHIM}"), release.join(SHIM)),
+        ("bin/busybox".to_string(), PathBuf::from("/bin/busybox")),
+    ];
+    for library in libraries(&installer)? {
+        files.push((library.display().to_string().trim_start_matches('/').to_string(), library));
+    }
+    let mut dirs: std::collections::BTreeSet<String> =
+        ["mnt/node-root", "tmp", "run"].map(String::from).into();
+    let mut entries = Vec::new();
+    for (path, source) in &files {
+        let bytes = std::fs::read(source).with_context(|| {
+            format!("could not read {} (busybox comes from the busybox-static package)", source.display())
+        })?;
+        entries.push(oci::Entry::File { path: path.clone(), mode: 0o755, bytes });
+        dirs.insert(Path::new(path).parent().map(|p| p.display().to_string()).unwrap_or_default());
+    }
+    for applet in SHELL_APPLETS {
+        entries.push(oci::Entry::Symlink { path: format!("bin/{applet}"), target: "busybox".into() });
+    }
+    // Every parent folder, before what it holds.
+    let all_dirs: std::collections::BTreeSet<String> = dirs
+        .iter()
+        .flat_map(|dir| Path::new(dir).ancestors().map(|a| a.display().to_string()).collect::<Vec<_>>())
+        .filter(|dir| !dir.is_empty())
+        .collect();
+    let mut layer: Vec<oci::Entry> =
+        all_dirs.into_iter().map(|path| oci::Entry::Dir { path: format!("{path}/") }).collect();
+    layer.extend(entries);
+    let name = "localhost/wasmtime-custom/node-installer:latest";
+    let entrypoint = format!("/usr/local/bin/{INSTALLER}");
+    let archive = oci::plain_image(name, oci_arch()?, &layer, &[&entrypoint])?;
+    std::fs::create_dir_all(out).with_context(|| format!("could not create {}", out.display()))?;
+    write_archive(&out.join("node-installer.tar"), name, &archive)
+}
+
+/// The shared libraries `binary` loads, as `ldd` resolves them.
+fn libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let output = Command::new("ldd").arg(binary).output().context("could not run ldd")?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().find(|word| word.starts_with('/')))
+        .map(PathBuf::from)
+        .collect())
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status =
+        Command::new(program).current_dir(root).args(args).status().context("could not run cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status}); run scripts/install-prerequisites.sh first", args.join(" "));
     }
     Ok(())
 }
@@ -100,18 +182,6 @@ fn oci_arch() -> Result<&'static str> {
 /// Builds `app` and `test-guests` for `wasm32-wasip2`; returns where the
 /// `.wasm` files are.
 fn build_components(root: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "-p", "app", "-p", "test-guests"])
-        .status()
-        .context("could not run cargo")?;
-    if !status.success() {
-        bail!(
-            "building the Wasm components failed ({status}); is the target installed? \
-             run scripts/install-prerequisites.sh"
-        );
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    Ok(target.join("wasm32-wasip2/release"))
+    cargo(root, &["build", "--release", "--target", "wasm32-wasip2", "-p", "app", "-p", "test-guests"])?;
+    Ok(target_dir(root).join("wasm32-wasip2/release"))
 }

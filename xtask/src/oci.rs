@@ -41,21 +41,35 @@ impl Blobs {
     }
 }
 
-/// The plain image: a one-file rootfs with the Wasm at [`ENTRYPOINT`], for
-/// `linux/{arch}`. Works with every containerd version.
+/// One entry of a plain image's single layer.
+pub enum Entry {
+    File { path: String, mode: u32, bytes: Vec<u8> },
+    Symlink { path: String, target: String },
+    Dir { path: String },
+}
+
+/// The plain image of a Wasm app: a one-file rootfs with the Wasm at
+/// [`ENTRYPOINT`], for `linux/{arch}`. Works with every containerd version.
+pub fn plain_wasm_image(name: &str, arch: &str, wasm: &[u8]) -> Result<Vec<u8>> {
+    let entry =
+        Entry::File { path: ENTRYPOINT.trim_start_matches('/').into(), mode: 0o644, bytes: wasm.to_vec() };
+    plain_image(name, arch, &[entry], &[ENTRYPOINT])
+}
+
+/// A plain Linux image of one layer holding `entries`.
 ///
 /// One platform manifest, not a multi-arch index: `containerd-shim-wasm`
 /// reads the image's top object as a manifest, and an index there makes it
 /// log a misleading "serde failed" warning at every start.
-pub fn plain_image(name: &str, arch: &str, wasm: &[u8]) -> Result<Vec<u8>> {
+pub fn plain_image(name: &str, arch: &str, entries: &[Entry], entrypoint: &[&str]) -> Result<Vec<u8>> {
     let mut blobs = Blobs::default();
-    let layer_tar = single_file_tar(ENTRYPOINT.trim_start_matches('/'), wasm)?;
+    let layer_tar = layer(entries)?;
     let diff_id = sha256(&layer_tar);
     let layer = blobs.add(TAR_LAYER, layer_tar);
     let config = json!({
         "architecture": arch,
         "os": "linux",
-        "config": { "Entrypoint": [ENTRYPOINT] },
+        "config": { "Entrypoint": entrypoint },
         "rootfs": { "type": "layers", "diff_ids": [diff_id] },
     });
     let config = blobs.add_json(CONFIG, &config);
@@ -111,9 +125,23 @@ fn archive(blobs: Blobs, top: Value) -> Result<Vec<u8>> {
     tar.into_inner().context("could not finish the image archive")
 }
 
-fn single_file_tar(path: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+fn layer(entries: &[Entry]) -> Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
-    append(&mut tar, path, bytes)?;
+    for entry in entries {
+        match entry {
+            Entry::File { path, mode, bytes } => {
+                let header = header(path, bytes.len(), *mode, tar::EntryType::Regular)?;
+                tar.append(&header, bytes.as_slice()).with_context(|| format!("could not add {path}"))?;
+            }
+            Entry::Symlink { path, target } => {
+                let mut header = header(path, 0, 0o777, tar::EntryType::Symlink)?;
+                header.set_link_name(target).with_context(|| format!("bad link target {target}"))?;
+                header.set_cksum();
+                tar.append(&header, std::io::empty()).with_context(|| format!("could not add {path}"))?;
+            }
+            Entry::Dir { path } => append_dir(&mut tar, path)?,
+        }
+    }
     tar.into_inner().context("could not finish the layer")
 }
 
@@ -165,22 +193,22 @@ mod tests {
 
     #[test]
     fn same_input_gives_the_same_archive() {
-        let a = plain_image("localhost/x:latest", "amd64", b"\0asm\x01\0\0\0").unwrap();
-        let b = plain_image("localhost/x:latest", "amd64", b"\0asm\x01\0\0\0").unwrap();
+        let a = plain_wasm_image("localhost/x:latest", "amd64", b"\0asm\x01\0\0\0").unwrap();
+        let b = plain_wasm_image("localhost/x:latest", "amd64", b"\0asm\x01\0\0\0").unwrap();
         assert_eq!(sha256(&a), sha256(&b));
         let c = wasm_layer_image("localhost/x:wasm", b"\0asm\x01\0\0\0").unwrap();
         let d = wasm_layer_image("localhost/x:wasm", b"\0asm\x01\0\0\0").unwrap();
         assert_eq!(sha256(&c), sha256(&d));
         assert_ne!(
             sha256(&a),
-            sha256(&plain_image("localhost/x:latest", "amd64", b"\0asm\x01\0\0\x01").unwrap())
+            sha256(&plain_wasm_image("localhost/x:latest", "amd64", b"\0asm\x01\0\0\x01").unwrap())
         );
     }
 
     #[test]
     fn every_blob_is_stored_under_its_digest() {
         for archive in
-            [plain_image("n:t", "amd64", b"abc").unwrap(), wasm_layer_image("n:t", b"abc").unwrap()]
+            [plain_wasm_image("n:t", "amd64", b"abc").unwrap(), wasm_layer_image("n:t", b"abc").unwrap()]
         {
             for (path, bytes) in entries(&archive) {
                 if let Some(hex) = path.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
@@ -206,7 +234,7 @@ mod tests {
 
     #[test]
     fn plain_image_puts_the_wasm_at_the_entrypoint() {
-        let files = entries(&plain_image("localhost/app:latest", "arm64", b"\0asm").unwrap());
+        let files = entries(&plain_wasm_image("localhost/app:latest", "arm64", b"\0asm").unwrap());
         let index: Value = serde_json::from_slice(&files["index.json"]).unwrap();
         let top = &index["manifests"][0];
         assert_eq!(top["platform"], json!({ "architecture": "arm64", "os": "linux" }));
