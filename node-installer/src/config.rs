@@ -448,6 +448,17 @@ mod tests {
     }
 
     #[test]
+    fn v4_keeps_runtimes_where_v3_does() {
+        // containerd 2.3's version 4 leaves the CRI runtime plugin as in v3.
+        let text = "version = 4\n\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n";
+        let edit = install(text).unwrap();
+        assert_eq!(edit.places, ["plugins.io.containerd.cri.v1.runtime.containerd.runtimes"]);
+        assert_eq!(uninstall(&edit.text, "wasmtime-custom").unwrap().text, text);
+        let bare = install("version = 4\n").unwrap();
+        assert!(bare.text.contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.wasmtime-custom]"));
+    }
+
+    #[test]
     fn v2_without_runc_keeps_runc_explicitly() {
         assert!(format!("{:#}", install("version = 2\n").unwrap_err()).contains("config dump"));
         let runc: toml::Table = toml::from_str(
