@@ -8,7 +8,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-packages=(containerd runc protobuf-compiler libseccomp-dev pkg-config curl wrk hyperfine busybox-static)
+packages=(containerd runc protobuf-compiler libseccomp-dev pkg-config curl wrk hyperfine busybox-static containernetworking-plugins)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -30,12 +30,16 @@ pub fn post(port: u16, path: &str, body: &str) -> Result<Response> {
 }
 
 pub fn request(port: u16, method: &str, path: &str, body: &str) -> Result<Response> {
-    let mut stream =
-        TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connect to port {port}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    request_to("127.0.0.1", port, method, path, body)
+}
+
+/// A request to `host` (an IP address), e.g. a pod's.
+pub fn request_to(host: &str, port: u16, method: &str, path: &str, body: &str) -> Result<Response> {
+    let mut stream = TcpStream::connect((host, port)).with_context(|| format!("connect to {host}:{port}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(90)))?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;

@@ -1,12 +1,20 @@
-//! A fake node for the installer's tests: a folder that stands in for a
-//! node's root filesystem (the DaemonSet mounts the real one at
+//! A fake node for the installer's and the CRI tests: a folder that stands
+//! in for a node's root filesystem (the DaemonSet mounts the real one at
 //! `/mnt/node-root`), holding the node's containerd binary, the libraries
 //! it and the shim need (so both run chrooted into it, as on a node), and
-//! containerd's config with CRI enabled. The containerd reading that config
-//! runs for real, outside the chroot.
+//! containerd's config with CRI enabled: the project's pause image as the
+//! sandbox image, network namespaces under containerd's state folder, and a
+//! CNI bridge network of its own (Debian's containernetworking-plugins). The
+//! containerd reading that config runs for real, outside the chroot.
+//!
+//! `restrict_oom_score_adj` is set because root on these machines lacks
+//! CAP_SYS_RESOURCE: the kubelet's -998 for a pause container cannot be
+//! written here by any runtime (runc included), so containerd raises it to
+//! its own score, as it does for rootless setups.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
@@ -17,14 +25,25 @@ pub struct FakeNode {
     dir: TempDir,
     /// The config as the test wrote it, to compare after uninstall and rollback.
     pub original_config: String,
+    /// This node's pod network: bridge `wtcbr<n>`, subnet 10.213.<n>.0/24.
+    network: u8,
 }
+
+/// The CRI sandbox image (built by `cargo xtask images`, imported by the tests).
+pub const PAUSE_IMAGE: &str = "localhost/wasmtime-custom/pause:latest";
+/// Where Debian's containernetworking-plugins puts the CNI plugins.
+const CNI_BIN: &str = "/usr/lib/cni";
+
+/// Pod networks of the nodes of this test process, one each.
+static NEXT_NETWORK: AtomicU8 = AtomicU8::new(1);
 
 impl FakeNode {
     /// A node running containerd `version` ("1.7": config version 2;
     /// "2.1": config version 3).
     pub fn new(version: &str) -> Result<FakeNode> {
         let dir = tempfile::Builder::new().prefix("wtc-node-").tempdir_in("/tmp")?;
-        let node = FakeNode { dir, original_config: String::new() };
+        let network = NEXT_NETWORK.fetch_add(1, Ordering::SeqCst);
+        let mut node = FakeNode { dir, original_config: String::new(), network };
         let containerd = containerd_binary(version)?;
         node.copy_in(&containerd, Path::new("/usr/bin/containerd"))?;
         let shim = workspace_root().join("target/release/containerd-shim-wasmtime-custom-v1");
@@ -33,12 +52,16 @@ impl FakeNode {
                 node.copy_in(&library, &library)?;
             }
         }
-        for dir in ["usr/local/bin", "etc/containerd", "run/containerd", "var/lib/containerd"] {
+        for dir in
+            ["usr/local/bin", "etc/containerd", "etc/cni/net.d", "run/containerd", "var/lib/containerd"]
+        {
             std::fs::create_dir_all(node.root().join(dir))?;
         }
+        std::fs::write(node.root().join("etc/cni/net.d/10-wtc.conflist"), node.cni_config())?;
         let config = node.config_text(version);
         std::fs::write(node.root().join("etc/containerd/config.toml"), &config)?;
-        Ok(FakeNode { original_config: config, ..node })
+        node.original_config = config;
+        Ok(node)
     }
 
     /// The node's root folder (`--host-root`).
@@ -69,20 +92,61 @@ impl FakeNode {
         Ok(())
     }
 
+    /// The pod network's gateway on the host (the bridge's address).
+    pub fn gateway(&self) -> String {
+        format!("10.213.{}.1", self.network)
+    }
+
+    fn bridge(&self) -> String {
+        format!("wtcbr{}", self.network)
+    }
+
+    fn cni_config(&self) -> String {
+        let root = self.root();
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"wtc-pods","plugins":[{{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.213.{n}.0/24"}}]],"dataDir":"{root}/var/lib/cni/networks"}}}}]}}"#,
+            bridge = self.bridge(),
+            n = self.network,
+            root = root.display(),
+        )
+    }
+
     fn config_text(&self, version: &str) -> String {
         let root = self.root();
         let root = root.display();
-        let (header, cri) = match version {
-            "2.1" => ("version = 3", "'io.containerd.cri.v1.runtime'"),
-            _ => ("version = 2", "\"io.containerd.grpc.v1.cri\""),
+        let (header, cri, cri_settings) = match version {
+            "2.1" => (
+                "version = 3",
+                "'io.containerd.cri.v1.runtime'",
+                format!(
+                    "[plugins.'io.containerd.cri.v1.images'.pinned_images]\n  sandbox = \"{PAUSE_IMAGE}\"\n\n\
+                     [plugins.'io.containerd.cri.v1.runtime']\n  netns_mounts_under_state_dir = true\n  restrict_oom_score_adj = true\n\n\
+                     [plugins.'io.containerd.cri.v1.runtime'.cni]\n  bin_dirs = [\"{CNI_BIN}\"]\n  conf_dir = \"{root}/etc/cni/net.d\"\n"
+                ),
+            ),
+            _ => (
+                "version = 2",
+                "\"io.containerd.grpc.v1.cri\"",
+                format!(
+                    "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n  netns_mounts_under_state_dir = true\n  restrict_oom_score_adj = true\n\n\
+                     [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{CNI_BIN}\"\n  conf_dir = \"{root}/etc/cni/net.d\"\n"
+                ),
+            ),
         };
         format!(
             "# The fake node's containerd config (written by the test).\n{header}\n\
              root = \"{root}/var/lib/containerd\"\nstate = \"{root}/run/containerd/state\"\n\n\
-             [grpc]\n  address = \"{root}/run/containerd/containerd.sock\"\n\n\
+             [grpc]\n  address = \"{root}/run/containerd/containerd.sock\"\n\n{cri_settings}\n\
              [plugins.{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\n\
              [plugins.{cri}.containerd.runtimes.runc.options]\n  SystemdCgroup = false\n"
         )
+    }
+}
+
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        // The bridge outlives containerd; it is this node's alone.
+        let _ = Command::new("ip").args(["link", "delete", &self.bridge()]).output();
     }
 }
 

@@ -21,7 +21,7 @@ pub struct Call {
 }
 
 pub struct StandIn {
-    pub port: u16,
+    address: std::net::SocketAddr,
     calls: Arc<Mutex<Vec<Call>>>,
     status: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
@@ -29,9 +29,15 @@ pub struct StandIn {
 }
 
 impl StandIn {
+    /// On loopback.
     pub fn start() -> Result<StandIn> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("bind the stand-in")?;
-        let port = listener.local_addr()?.port();
+        StandIn::start_on("127.0.0.1")
+    }
+
+    /// On `ip` of this host (e.g. a pod network's gateway, for pods).
+    pub fn start_on(ip: &str) -> Result<StandIn> {
+        let listener = TcpListener::bind((ip, 0)).with_context(|| format!("bind the stand-in on {ip}"))?;
+        let address = listener.local_addr()?;
         let calls = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
         let stop = Arc::new(AtomicBool::new(false));
@@ -49,11 +55,11 @@ impl StandIn {
                 }
             })
         };
-        Ok(StandIn { port, calls, status, stop, thread: Some(thread) })
+        Ok(StandIn { address, calls, status, stop, thread: Some(thread) })
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.address)
     }
 
     /// The status binding calls get from now on.
@@ -69,7 +75,7 @@ impl StandIn {
     /// Closes the port: later calls are refused.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        let _ = TcpStream::connect(self.address);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

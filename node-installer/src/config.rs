@@ -455,7 +455,10 @@ mod tests {
         assert_eq!(edit.places, ["plugins.io.containerd.cri.v1.runtime.containerd.runtimes"]);
         assert_eq!(uninstall(&edit.text, "wasmtime-custom").unwrap().text, text);
         let bare = install("version = 4\n").unwrap();
-        assert!(bare.text.contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.wasmtime-custom]"));
+        assert!(
+            bare.text
+                .contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.wasmtime-custom]")
+        );
     }
 
     #[test]

@@ -81,6 +81,21 @@ fn images(root: &Path, out: &Path) -> Result<()> {
     ];
 
     std::fs::create_dir_all(out).with_context(|| format!("could not create {}", out.display()))?;
+    // Linux images for pods in the CRI tests: the sandbox's pause container
+    // (no registry here to pull one from) and a sidecar with busybox's tools.
+    let busybox = std::fs::read("/bin/busybox").context(
+        "could not read /bin/busybox (package busybox-static; run scripts/install-prerequisites.sh)",
+    )?;
+    for (file, name, entrypoint) in [
+        ("pause.tar", "localhost/wasmtime-custom/pause:latest", &["/bin/busybox", "sleep", "2147483647"][..]),
+        ("busybox.tar", "localhost/wasmtime-custom/busybox:latest", &["/bin/busybox"][..]),
+    ] {
+        let layer = [
+            oci::Entry::Dir { path: "bin/".into() },
+            oci::Entry::File { path: "bin/busybox".into(), mode: 0o755, bytes: busybox.clone() },
+        ];
+        write_archive(&out.join(file), name, &oci::plain_image(name, oci_arch()?, &layer, entrypoint)?)?;
+    }
     for image in images {
         let archive = if image.wasm_layer {
             oci::wasm_layer_image(image.name, &image.wasm)?
