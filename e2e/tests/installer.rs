@@ -124,7 +124,7 @@ fn a_failed_restart_rolls_the_config_back_byte_for_byte() -> Result<()> {
 }
 
 #[test]
-fn a_corrupt_config_is_left_untouched() -> Result<()> {
+fn a_corrupt_or_symlinked_config_is_left_untouched() -> Result<()> {
     let node = FakeNode::new("1.7")?;
     let corrupt =
         std::fs::read_to_string(workspace_root().join("node-installer/tests/fixtures/corrupt.toml"))?;
@@ -133,6 +133,17 @@ fn a_corrupt_config_is_left_untouched() -> Result<()> {
     assert_eq!(run.status.code(), Some(2), "{}", text(&run));
     assert!(text(&run).contains("containerd does not accept its current config"), "{}", text(&run));
     assert_eq!(std::fs::read_to_string(node.config())?, corrupt);
+
+    // A symlinked config is refused rather than replaced (the link's target
+    // would be read through the installer's own filesystem).
+    let real = node.root().join("etc/containerd/real.toml");
+    std::fs::write(&real, &node.original_config)?;
+    std::fs::remove_file(node.config())?;
+    std::os::unix::fs::symlink("/etc/containerd/real.toml", node.config())?;
+    let run = run_installer(&node, "true", &["install"])?;
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run));
+    assert!(text(&run).contains("is a symbolic link (to /etc/containerd/real.toml)"), "{}", text(&run));
+    assert_eq!(std::fs::read_to_string(&real)?, node.original_config);
     Ok(())
 }
 

@@ -111,7 +111,15 @@ fn processes_running(paths: &[PathBuf]) -> Vec<String> {
     entries
         .filter_map(|entry| entry.ok())
         .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-        .filter(|entry| std::fs::read_link(entry.path().join("exe")).is_ok_and(|exe| paths.contains(&exe)))
+        .filter(|entry| {
+            // A shim started from a binary that was replaced since shows
+            // "<path> (deleted)"; it still needs the path for its cleanup.
+            std::fs::read_link(entry.path().join("exe")).is_ok_and(|exe| {
+                let exe = exe.to_string_lossy();
+                let exe = exe.trim_end_matches(" (deleted)");
+                paths.iter().any(|p| p.as_os_str() == exe)
+            })
+        })
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
         .collect()
 }

@@ -64,6 +64,9 @@ pub struct Context {
 /// installer's previous block, if any, is replaced; everything else stays
 /// byte for byte. A file that does not parse is an error.
 pub fn install(text: &str, runtime: &Runtime, context: &Context) -> Result<Edit> {
+    if runtime.name == "runc" {
+        bail!("the runtime name `runc` is containerd's default runtime; choose another name");
+    }
     let without_ours = remove_blocks(text)?;
     let (mut doc, template_lines) = parse(&without_ours)?;
     let version = config_version(&doc, context.base_version)?;
@@ -91,9 +94,18 @@ pub fn install(text: &str, runtime: &Runtime, context: &Context) -> Result<Edit>
             .and_then(|options| options.get("SystemdCgroup"))
             .and_then(Item::as_bool)
             .or_else(|| context.runc_defaults.as_ref()?.get("options")?.get("SystemdCgroup")?.as_bool());
-        if lookup(&doc, place).is_some_and(|runtimes| runtimes.contains_key(&runtime.name)) {
+        if let Some(existing) = lookup(&doc, place).and_then(|runtimes| runtimes.get(&runtime.name)) {
             // Written by hand (the installer's own block was taken out
-            // above): update that entry where it is.
+            // above): update it where it is, but only if it is this shim;
+            // another runtime of that name is not ours to take over.
+            let existing_type = existing.get("runtime_type").and_then(Item::as_str).unwrap_or("");
+            if existing_type != runtime.runtime_type {
+                bail!(
+                    "a runtime named {} is already registered with runtime_type {existing_type:?}; \
+                     choose another --runtime-name",
+                    runtime.name
+                );
+            }
             edited_in_place |= update_in_place(table_at(&mut doc, place)?, runtime, systemd_cgroup)?;
         } else {
             block.push_str(&render_runtime(place, runtime, systemd_cgroup));
@@ -112,21 +124,29 @@ pub fn install(text: &str, runtime: &Runtime, context: &Context) -> Result<Edit>
     Ok(Edit { changed: new_text != text, text: new_text, places })
 }
 
-/// Removes the runtime: the installer's block byte for byte, and any entry
-/// of that name written by hand.
-pub fn uninstall(text: &str, name: &str) -> Result<Edit> {
+/// Removes the runtime: the installer's block byte for byte, and an entry
+/// of that name written by hand if it is this shim (`runtime_type`).
+pub fn uninstall(text: &str, runtime: &Runtime) -> Result<Edit> {
+    let name = runtime.name.as_str();
     let had_block = text.contains(&format!("\n{BEGIN}\n"));
     let without_ours = remove_blocks(text)?;
     let (mut doc, template_lines) = parse(&without_ours)?;
     let mut places = Vec::new();
     for place in runtimes_tables(&doc) {
-        if table_at(&mut doc, &place)?.remove(name).is_some() {
+        let runtimes = table_at(&mut doc, &place)?;
+        let ours = runtimes
+            .get(name)
+            .and_then(|entry| entry.get("runtime_type"))
+            .and_then(Item::as_str)
+            .is_some_and(|t| t == runtime.runtime_type);
+        if ours {
+            runtimes.remove(name);
             places.push(place.join("."));
         }
     }
     let new_text =
         if places.is_empty() { without_ours } else { print(&doc, &template_lines, &without_ours)? };
-    if !registered_at(&new_text, name)?.is_empty() {
+    if !places.is_empty() && !registered_at(&new_text, name)?.is_empty() {
         bail!("internal error: {name} is still registered after removing it");
     }
     if had_block {
@@ -400,17 +420,17 @@ mod tests {
         let twice = install(&once.text).unwrap();
         assert!(!twice.changed);
         assert_eq!(twice.text, once.text);
-        let removed = uninstall(&once.text, "wasmtime-custom").unwrap();
+        let removed = uninstall(&once.text, &runtime()).unwrap();
         assert!(removed.changed);
         assert_eq!(removed.text, V2);
-        assert!(!uninstall(V2, "wasmtime-custom").unwrap().changed);
+        assert!(!uninstall(V2, &runtime()).unwrap().changed);
     }
 
     #[test]
     fn a_file_without_final_newline_comes_back_as_it_was() {
         let text = V2.trim_end();
         let once = install(text).unwrap();
-        assert_eq!(uninstall(&once.text, "wasmtime-custom").unwrap().text, text);
+        assert_eq!(uninstall(&once.text, &runtime()).unwrap().text, text);
     }
 
     #[test]
@@ -444,7 +464,7 @@ mod tests {
             edit.text
                 .contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.wasmtime-custom]")
         );
-        assert_eq!(uninstall(&edit.text, "wasmtime-custom").unwrap().text, "version = 3\n");
+        assert_eq!(uninstall(&edit.text, &runtime()).unwrap().text, "version = 3\n");
     }
 
     #[test]
@@ -453,7 +473,7 @@ mod tests {
         let text = "version = 4\n\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n";
         let edit = install(text).unwrap();
         assert_eq!(edit.places, ["plugins.io.containerd.cri.v1.runtime.containerd.runtimes"]);
-        assert_eq!(uninstall(&edit.text, "wasmtime-custom").unwrap().text, text);
+        assert_eq!(uninstall(&edit.text, &runtime()).unwrap().text, text);
         let bare = install("version = 4\n").unwrap();
         assert!(
             bare.text
@@ -472,7 +492,19 @@ mod tests {
         let edit = super::install("version = 2\n", &runtime(), &context).unwrap();
         assert!(edit.text.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\nruntime_type = \"io.containerd.runc.v2\"\nsandbox_mode = \"podsandbox\"\n"), "{}", edit.text);
         assert!(edit.text.contains("SystemdCgroup = false"));
-        assert_eq!(uninstall(&edit.text, "wasmtime-custom").unwrap().text, "version = 2\n");
+        assert_eq!(uninstall(&edit.text, &runtime()).unwrap().text, "version = 2\n");
+    }
+
+    #[test]
+    fn another_runtime_of_that_name_is_not_taken_over() {
+        let text = format!(
+            "{V2}[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime-custom]\n  runtime_type = \"io.containerd.spin.v2\"\n"
+        );
+        let err = format!("{:#}", install(&text).unwrap_err());
+        assert!(err.contains("already registered with runtime_type \"io.containerd.spin.v2\""), "{err}");
+        assert!(!uninstall(&text, &runtime()).unwrap().changed, "not ours: left alone");
+        let runc = Runtime { name: "runc".into(), ..runtime() };
+        assert!(super::install(V2, &runc, &Context::default()).is_err());
     }
 
     #[test]
@@ -483,7 +515,7 @@ mod tests {
         let edit = install(&text).unwrap();
         assert!(edit.changed);
         assert_eq!(registered_at(&edit.text, "wasmtime-custom-old").unwrap().len(), 1);
-        assert_eq!(uninstall(&edit.text, "wasmtime-custom").unwrap().text, text);
+        assert_eq!(uninstall(&edit.text, &runtime()).unwrap().text, text);
     }
 
     #[test]
@@ -499,7 +531,7 @@ mod tests {
             edit.text
                 .contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.wasmtime-custom]")
         );
-        assert_eq!(uninstall(&edit.text, "wasmtime-custom").unwrap().text, template);
+        assert_eq!(uninstall(&edit.text, &runtime()).unwrap().text, template);
     }
 
     #[test]

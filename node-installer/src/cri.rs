@@ -67,8 +67,16 @@ pub async fn wait_healthy(socket: &Path, handler: Option<&str>, timeout: Duratio
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last_problem;
     loop {
-        last_problem = match connect(socket).await {
-            Ok(mut client) => match status(&mut client).await {
+        // Each attempt is bounded too: a containerd that accepts the
+        // connection but never answers must not stall the rollback.
+        let remaining =
+            deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1));
+        let attempt = tokio::time::timeout(remaining, async {
+            let mut client = connect(socket).await?;
+            status(&mut client).await
+        });
+        last_problem =
+            match attempt.await.unwrap_or_else(|_| Err(anyhow::anyhow!("CRI Status did not answer"))) {
                 Ok(health) if !health.runtime_ready => "the RuntimeReady condition is false".to_string(),
                 Ok(health) => match handler {
                     Some(name) if !health.handlers.iter().any(|h| h == name) => format!(
@@ -78,9 +86,7 @@ pub async fn wait_healthy(socket: &Path, handler: Option<&str>, timeout: Duratio
                     _ => return Ok(health),
                 },
                 Err(e) => format!("{e:#}"),
-            },
-            Err(e) => format!("{e:#}"),
-        };
+            };
         if tokio::time::Instant::now() >= deadline {
             bail!("containerd is not healthy after {}s: {last_problem}", timeout.as_secs());
         }

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use std::os::unix::fs::OpenOptionsExt;
+
 use anyhow::{Context, Result, bail};
 
 use crate::host::Host;
@@ -21,10 +23,19 @@ pub fn dump(host: &Host, containerd: &Path, config: &Path) -> Result<toml::Table
 /// Dumps `text` as a config: writes it to a scratch file in `dir` (a node
 /// folder, so that the node's containerd can read it) and removes it again.
 pub fn dump_text(host: &Host, containerd: &Path, dir: &Path, text: &str) -> Result<toml::Table> {
-    let scratch = dir.join(format!(".wasmtime-custom-candidate-{}.toml", std::process::id()));
+    // Not ending in `.toml`: drop-in folders (k0s) import `*.toml`. Mode
+    // 0600: a config may hold registry credentials.
+    let scratch = dir.join(format!(".wasmtime-custom-candidate-{}", std::process::id()));
     let local = host.path(&scratch);
     std::fs::create_dir_all(host.path(dir)).with_context(|| format!("could not create {}", dir.display()))?;
-    std::fs::write(&local, text).with_context(|| format!("could not write {}", local.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&local)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+        .with_context(|| format!("could not write {}", local.display()))?;
     let dumped = dump(host, containerd, &scratch);
     // Best effort: a leftover scratch file is harmless and named as such.
     let _ = std::fs::remove_file(&local);

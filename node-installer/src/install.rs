@@ -87,6 +87,7 @@ fn current(options: &Options) -> Result<Current> {
         ),
     };
     let default_version = if containerd_major(host, &layout.containerd)? >= 2 { 3 } else { 2 };
+    refuse_symlink(host, &layout.config)?;
     let text = read_optional(&host.path(&layout.config))?;
     let skeleton = match layout.kind {
         ConfigKind::Template { .. } => "{{ template \"base\" . }}\n".to_string(),
@@ -110,8 +111,13 @@ pub async fn install(options: &Options) -> Result<()> {
     let context = Context {
         base_version: config::version_of(&now.effective)?.or(Some(now.default_version)),
         runc_defaults: dump::runc(&now.resolved),
-        base_lists_runc: matches!(now.layout.kind, ConfigKind::Template { .. })
-            && config::lists_runc(&now.effective)?,
+        // A template's base lists runc itself; a k0s drop-in is merged into
+        // k0s's own config, which does: neither may get runc written again.
+        base_lists_runc: match now.layout.kind {
+            ConfigKind::Template { .. } => config::lists_runc(&now.effective)?,
+            ConfigKind::DropIn => true,
+            ConfigKind::Plain => false,
+        },
     };
     let original = now.text.clone().unwrap_or_else(|| now.skeleton.clone());
     let edit = config::install(&original, &runtime, &context)?;
@@ -193,10 +199,10 @@ pub async fn uninstall(options: &Options) -> Result<()> {
     }
     let now = current(options)?;
     if let Some(text) = &now.text {
-        let edit = config::uninstall(text, &options.runtime_name)?;
+        let edit = config::uninstall(text, &options.runtime())?;
         if edit.changed {
             let candidate = match now.layout.kind {
-                ConfigKind::Template { .. } => config::uninstall(&now.effective, &options.runtime_name)?.text,
+                ConfigKind::Template { .. } => config::uninstall(&now.effective, &options.runtime())?.text,
                 _ => edit.text.clone(),
             };
             let after = dump::dump_text(host, &now.layout.containerd, config_dir(&now.layout), &candidate)
@@ -208,7 +214,7 @@ pub async fn uninstall(options: &Options) -> Result<()> {
                 println!("dry run: nothing was changed");
                 return Ok(());
             }
-            system::write_atomically(host, &backup_path(&now.layout.config), text)?;
+            keep_first_backup(host, &now.layout.config, text)?;
             if read_state(host).is_some_and(|created| created) && edit.text == now.skeleton {
                 system::remove_file(host, &now.layout.config)?;
                 println!("removed {} (the installer had created it)", now.layout.config.display());
@@ -303,10 +309,18 @@ async fn restart_or_roll_back(options: &Options, now: &Current, handler: Option<
         },
     };
     eprintln!("containerd is not healthy after the change ({problem:#}); rolling back");
-    match &now.text {
-        Some(text) => system::write_atomically(host, &now.layout.config, text)?,
-        None => system::remove_file(host, &now.layout.config)?,
-    }
+    let restored = match &now.text {
+        Some(text) => system::write_atomically(host, &now.layout.config, text),
+        None => system::remove_file(host, &now.layout.config),
+    };
+    restored.with_context(|| {
+        format!(
+            "ROLLBACK FAILED: {} still holds the new config and containerd is not healthy; \
+             restore {} by hand and restart containerd",
+            now.layout.config.display(),
+            backup_path(&now.layout.config).display()
+        )
+    })?;
     system::restart(&now.restart)
         .context("the config was rolled back, but restarting containerd again failed")?;
     cri::wait_healthy(&socket, None, options.health_timeout)
@@ -319,12 +333,39 @@ async fn restart_or_roll_back(options: &Options, now: &Current, handler: Option<
     )
 }
 
+/// A config that is a symlink would be read through the installer's own
+/// filesystem (an absolute link does not point into the node root), and
+/// replacing it would cut the link: refuse, naming the target.
+fn refuse_symlink(host: &Host, config: &Path) -> Result<()> {
+    let local = host.path(config);
+    if local.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        let target = std::fs::read_link(&local).unwrap_or_default();
+        bail!(
+            "{} is a symbolic link (to {}); pass the real file with --config",
+            config.display(),
+            target.display()
+        );
+    }
+    Ok(())
+}
+
 fn config_dir(layout: &Layout) -> &Path {
     layout.config.parent().unwrap_or(Path::new("/"))
 }
 
 fn backup_path(config: &Path) -> PathBuf {
     PathBuf::from(format!("{}.wasmtime-custom.bak", config.display()))
+}
+
+/// Keeps the config as it was before the installer first changed it: an
+/// existing backup is never overwritten by a later run.
+fn keep_first_backup(host: &Host, config: &Path, text: &str) -> Result<()> {
+    let backup = backup_path(config);
+    if host.path(&backup).exists() {
+        return Ok(());
+    }
+    system::write_atomically(host, &backup, text)?;
+    system::copy_mode(&host.path(config), &host.path(&backup))
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>> {

@@ -214,7 +214,12 @@ fn first(host: &Host, candidates: &[&str]) -> PathBuf {
 
 /// The first unit of `units` with a unit file on the node.
 fn unit(host: &Host, units: &[&str]) -> Option<String> {
-    let dirs = ["/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"];
+    let dirs = [
+        "/etc/systemd/system",
+        "/usr/local/lib/systemd/system",
+        "/lib/systemd/system",
+        "/usr/lib/systemd/system",
+    ];
     units
         .iter()
         .find(|unit| {

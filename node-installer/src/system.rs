@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -37,11 +37,18 @@ pub fn write_atomically(host: &Host, path: &Path, text: &str) -> Result<()> {
     let local = host.path(path);
     let dir = local.parent().context("a config file has a parent folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
-    let mode = std::fs::metadata(&local).map(|m| m.permissions().mode()).unwrap_or(0o644);
+    // A new file gets 0600 unless the file it replaces said otherwise.
+    let mode = std::fs::metadata(&local).map(|m| m.permissions().mode()).unwrap_or(0o600);
     let name = local.file_name().context("a config file has a name")?.to_string_lossy();
     let temp = dir.join(format!(".{name}.wasmtime-custom-{}", std::process::id()));
     let result = (|| {
-        let mut file = File::create(&temp).with_context(|| format!("could not create {}", temp.display()))?;
+        // Created with the final mode: a config may hold registry credentials.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o777)
+            .open(&temp)
+            .with_context(|| format!("could not create {}", temp.display()))?;
         file.write_all(text.as_bytes())?;
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.sync_all()?;
@@ -52,6 +59,13 @@ pub fn write_atomically(host: &Host, path: &Path, text: &str) -> Result<()> {
         let _ = std::fs::remove_file(&temp);
     }
     result
+}
+
+/// Gives `to` the permission bits of `from`.
+pub fn copy_mode(from: &Path, to: &Path) -> Result<()> {
+    let mode =
+        std::fs::metadata(from).with_context(|| format!("could not read {}", from.display()))?.permissions();
+    std::fs::set_permissions(to, mode).with_context(|| format!("could not set the mode of {}", to.display()))
 }
 
 /// Removes the node file `path` if it exists.

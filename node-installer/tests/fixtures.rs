@@ -78,7 +78,7 @@ fn every_fixture_is_registered_and_restored_on_its_containerd_versions() {
                 edit.text.starts_with(&original),
                 "{name}: the original bytes must stay first, as they were"
             );
-            let removed = config::uninstall(&edit.text, "wasmtime-custom").unwrap();
+            let removed = config::uninstall(&edit.text, &runtime()).unwrap();
             assert_eq!(removed.text, original, "{name}: uninstall must give the original back byte for byte");
         }
     }
@@ -91,7 +91,7 @@ fn a_minimal_v2_config_keeps_runc_as_containerd_1_resolved_it() {
     for version in ["1.6", "1.7"] {
         let edit = install_checked("version = 2\n", version, None);
         assert!(edit.text.contains(".containerd.runtimes.runc]"), "{}", edit.text);
-        assert_eq!(config::uninstall(&edit.text, "wasmtime-custom").unwrap().text, "version = 2\n");
+        assert_eq!(config::uninstall(&edit.text, &runtime()).unwrap().text, "version = 2\n");
     }
     let edit = install_checked("version = 3\n", "2.1", None);
     assert!(!edit.text.contains(".runtimes.runc]"), "containerd 2 keeps its default runc: {}", edit.text);
@@ -105,7 +105,7 @@ fn an_installed_config_is_left_alone_and_uninstall_removes_the_entry() {
         assert!(!edit.changed, "already installed: nothing to change");
         assert_eq!(edit.text, original);
     }
-    let removed = config::uninstall(&original, "wasmtime-custom").unwrap();
+    let removed = config::uninstall(&original, &runtime()).unwrap();
     assert!(removed.changed);
     assert!(config::registered_at(&removed.text, "wasmtime-custom").unwrap().is_empty());
     let host = Host::new("/");
@@ -137,7 +137,7 @@ fn the_k3s_template_gets_the_runtime_and_renders_to_a_valid_config() {
     let after = dump::dump_text(&host, &bin, scratch.path(), &rendered).unwrap();
     let rt = runtime();
     dump::check_added(&before, &after, &rt.name, &rt.runtime_type, &rt.runtime_path).unwrap();
-    assert_eq!(config::uninstall(&edit.text, "wasmtime-custom").unwrap().text, template);
+    assert_eq!(config::uninstall(&edit.text, &runtime()).unwrap().text, template);
 }
 
 #[test]
