@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing,
 # builds the shim and the images, and runs every test (unit tests and the
-# end-to-end tests under private containerd 1.6 and 1.7).
+# end-to-end tests under private containerd 1.6, 1.7 and 2.1).
 #
 # Usage: scripts/test.sh [extra cargo test arguments]
 set -euo pipefail

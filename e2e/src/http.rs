@@ -35,12 +35,25 @@ pub fn request(port: u16, method: &str, path: &str, body: &str) -> Result<Respon
 
 /// A request to `host` (an IP address), e.g. a pod's.
 pub fn request_to(host: &str, port: u16, method: &str, path: &str, body: &str) -> Result<Response> {
+    request_with(host, port, method, path, body, &[])
+}
+
+/// A request with extra `headers`.
+pub fn request_with(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response> {
     let mut stream = TcpStream::connect((host, port)).with_context(|| format!("connect to {host}:{port}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(90)))?;
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         Content-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = Vec::new();

@@ -162,6 +162,18 @@ async fn exit_code(client: &mut RuntimeClient, id: &str, timeout: Duration) -> R
     }
 }
 
+/// Waits until the CRI log file at `path` has a line containing `text`.
+async fn wait_for_log_line(path: &Path, text: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(path).unwrap_or_default().contains(text) {
+        if Instant::now() > deadline {
+            bail!("{text:?} did not appear in {} within 10 s", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 async fn wait_http(ip: &str, port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect((ip, port)).is_err() {
@@ -312,7 +324,7 @@ async fn drive(version: &'static str, node: &FakeNode) -> Result<()> {
     let ip_for_request = ip.clone();
     let in_flight =
         std::thread::spawn(move || http::request_to(&ip_for_request, 8081, "GET", "/sleep?ms=2000", ""));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_log_line(&logs.path().join("slow.log"), "] sleeping 2000 ms").await?;
     client.stop_container(StopContainerRequest { container_id: slow.clone(), timeout: 20 }).await?;
     let answer = in_flight.join().expect("request thread")?;
     assert_eq!((answer.status, answer.body.as_str()), (200, "slept 2000 ms"));
@@ -331,7 +343,7 @@ async fn drive(version: &'static str, node: &FakeNode) -> Result<()> {
     let ip_for_request = ip.clone();
     let _never =
         std::thread::spawn(move || http::request_to(&ip_for_request, 8082, "GET", "/sleep?ms=60000", ""));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_log_line(&logs.path().join("stuck.log"), "] sleeping 60000 ms").await?;
     let stopping = Instant::now();
     client.stop_container(StopContainerRequest { container_id: stuck.clone(), timeout: 2 }).await?;
     let took = stopping.elapsed();

@@ -16,6 +16,13 @@ const TEST_HTTP: &str = "localhost/wasmtime-custom/test-http:latest";
 const EXPRESS: &str = r#"{"orderId":42,"orderGuid":"0b6c","firstName":"Ada","delivery":"express","items":[{"orderItemId":1,"sku":"4f1c2a9e-77b1","quantity":2}]}"#;
 const EXPRESS_OUT: &str = r#"{"orderId":42,"orderGuid":"0b6c","firstName":"Ada","delivery":"Express","items":[{"orderItemId":1,"sku":"4f1c2a9e-77b1","quantity":2}]}"#;
 
+/// Waits until a `/sleep` request reached the guest (it prints a line first).
+fn wait_in_flight(guest: &e2e::containerd::Container<'_>) -> Result<()> {
+    e2e::wait_for("the slow request to be in flight", Duration::from_secs(10), || {
+        guest.output().lines().any(|l| l.contains("] sleeping ")).then_some(())
+    })
+}
+
 fn post_call(path: &str, body: String) -> Call {
     Call { method: "POST".into(), path: path.into(), body }
 }
@@ -104,12 +111,7 @@ fn sigterm_lets_the_in_flight_request_finish_then_exits_0() -> Result<()> {
     guest.wait_listening(port)?;
 
     let slow = std::thread::spawn(move || http::get(port, "/sleep?ms=3000"));
-    e2e::wait_for("the slow request to be in flight", Duration::from_secs(10), || {
-        // Accepted connections are counted once the request reached the guest;
-        // a short pause is enough since the request was sent just now.
-        std::thread::sleep(Duration::from_millis(300));
-        Some(())
-    })?;
+    wait_in_flight(&guest)?;
     let signalled = Instant::now();
     guest.signal("SIGTERM")?;
     e2e::wait_for("the drain to start", Duration::from_secs(5), || {
@@ -136,7 +138,7 @@ fn grace_period_and_second_signal_end_a_drain_at_once() -> Result<()> {
         containerd.run(Run::new(TEST_HTTP, "grace").listen(port).env("WASMTIME_CUSTOM_GRACE_SECONDS", 1))?;
     guest.wait_listening(port)?;
     let _slow = std::thread::spawn(move || http::get(port, "/sleep?ms=20000"));
-    std::thread::sleep(Duration::from_millis(300));
+    wait_in_flight(&guest)?;
     let signalled = Instant::now();
     guest.signal("SIGTERM")?;
     assert_eq!(guest.wait(Duration::from_secs(10))?, 143, "{}", guest.output());
@@ -152,7 +154,7 @@ fn grace_period_and_second_signal_end_a_drain_at_once() -> Result<()> {
     let mut guest = containerd.run(Run::new(TEST_HTTP, "twice").listen(port))?;
     guest.wait_listening(port)?;
     let _slow = std::thread::spawn(move || http::get(port, "/sleep?ms=20000"));
-    std::thread::sleep(Duration::from_millis(300));
+    wait_in_flight(&guest)?;
     guest.signal("SIGTERM")?;
     e2e::wait_for("the drain to start", Duration::from_secs(5), || {
         guest.output().contains("stopped accepting").then_some(())
@@ -194,12 +196,18 @@ fn a_trap_fails_one_request_and_the_server_keeps_serving() -> Result<()> {
     let logged = http::get(port, "/log")?;
     let id = logged.header("x-request-id").unwrap().to_string();
     assert_eq!(http::get(port, "/env?name=GREETING")?.body, "hi");
-    let given = http::request(port, "GET", "/log", "")?; // no x-request-id sent: one is made
-    assert_ne!(given.header("x-request-id"), Some(id.as_str()));
+    // A caller's sane x-request-id is kept (and tags the log); anything else is replaced.
+    let given =
+        http::request_with("127.0.0.1", port, "GET", "/log", "", &[("x-request-id", "trace-42.a_b:c")])?;
+    assert_eq!(given.header("x-request-id"), Some("trace-42.a_b:c"));
+    let odd = http::request_with("127.0.0.1", port, "GET", "/", "", &[("x-request-id", "a b;<script>")])?;
+    let replaced = odd.header("x-request-id").unwrap();
+    assert!(replaced != "a b;<script>" && !replaced.is_empty(), "{replaced}");
     e2e::wait_for("tagged guest output", Duration::from_secs(5), || {
         let output = guest.output();
         (output.contains(&format!("[req={id}] hello from the guest on stdout\n"))
             && output.contains(&format!("[req={id}] hello from the guest on stderr\n"))
+            && output.contains("[req=trace-42.a_b:c] hello from the guest on stdout\n")
             && output.contains(&format!("[req={trap_id}] wasmtime-custom: the handler failed")))
         .then_some(())
     })

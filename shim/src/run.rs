@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Module, Store};
+use wasmtime::{Engine, Module, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::bindings::Command;
@@ -21,12 +21,18 @@ pub const EXIT_TRAP: i32 = 134;
 /// is the tool to bound it).
 const NO_DEADLINE: u64 = 1;
 
-pub async fn command(engine: &Engine, component: &Component, guest: &Guest, origin: &str) -> Result<i32> {
+pub async fn command(
+    engine: &Engine,
+    component: &Component,
+    guest: &Guest,
+    origin: &str,
+    settings: &Settings,
+) -> Result<i32> {
     let mut linker = Linker::<Host>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
     let wasi = guest.wasi()?.inherit_stdio().build();
-    let mut store = Store::new(engine, Host::new(wasi, Settings::default().max_memory_bytes));
+    let mut store = Store::new(engine, Host::new(wasi, settings.max_memory_bytes));
     store.limiter(|host| &mut host.limits);
     store.set_epoch_deadline(NO_DEADLINE);
     let command = Command::instantiate_async(&mut store, component, &linker)
@@ -40,17 +46,26 @@ pub async fn command(engine: &Engine, component: &Component, guest: &Guest, orig
     })
 }
 
+/// A core module's store state: WASIp1 and the memory limit.
+struct ModuleHost {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
 pub async fn module(
     engine: &Engine,
     module: &Module,
     guest: &Guest,
     origin: &str,
     func: &str,
+    settings: &Settings,
 ) -> Result<i32> {
-    let mut linker = wasmtime::Linker::<WasiP1Ctx>::new(engine);
-    p1::add_to_linker_async(&mut linker, |wasi| wasi).map_err(anyhow::Error::from)?;
+    let mut linker = wasmtime::Linker::<ModuleHost>::new(engine);
+    p1::add_to_linker_async(&mut linker, |host| &mut host.wasi).map_err(anyhow::Error::from)?;
     let wasi = guest.wasi()?.inherit_stdio().build_p1();
-    let mut store = Store::new(engine, wasi);
+    let limits = StoreLimitsBuilder::new().memory_size(settings.max_memory_bytes).build();
+    let mut store = Store::new(engine, ModuleHost { wasi, limits });
+    store.limiter(|host| &mut host.limits);
     store.set_epoch_deadline(NO_DEADLINE);
     let instance = linker
         .instantiate_async(&mut store, module)

@@ -46,6 +46,8 @@ impl Sandbox for WasmtimeSandbox {
 }
 
 async fn start(ctx: &impl RuntimeContext) -> Result<i32> {
+    // First of all: a SIGTERM during compilation must not be lost.
+    let signals = serve::Signals::watch()?;
     let settings = Settings::from_env(ctx.envs())?;
     let entrypoint = ctx.entrypoint();
     let origin = match &entrypoint.source {
@@ -58,9 +60,11 @@ async fn start(ctx: &impl RuntimeContext) -> Result<i32> {
     let engine = engine::new(settings.max_memory_bytes)?;
     let guest = Guest::from_context(ctx);
     match engine::load(&engine, &bytes, precompiled, &origin)? {
-        Workload::Http(component) => serve::serve(&engine, &component, &guest, &settings).await,
-        Workload::Command(component) => run::command(&engine, &component, &guest, &origin).await,
-        Workload::Module(module) => run::module(&engine, &module, &guest, &origin, &entrypoint.func).await,
+        Workload::Http(component) => serve::serve(&engine, &component, &guest, &settings, signals).await,
+        Workload::Command(component) => run::command(&engine, &component, &guest, &origin, &settings).await,
+        Workload::Module(module) => {
+            run::module(&engine, &module, &guest, &origin, &entrypoint.func, &settings).await
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -21,12 +21,12 @@ use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -47,11 +47,29 @@ const EPOCH_TICK: Duration = Duration::from_millis(100);
 /// The response header carrying the id that tags the request's log lines.
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// SIGTERM and SIGINT, watched from the container's start: the process is
+/// PID 1 of its PID namespace, so a signal that comes before a handler
+/// exists would be dropped (and the kubelet would wait out its grace period).
+pub struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    pub fn watch() -> Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("could not watch SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("could not watch SIGINT")?,
+        })
+    }
+}
+
 pub async fn serve(
     engine: &Engine,
     component: &Component,
     guest: &Guest,
     settings: &Settings,
+    signals: Signals,
 ) -> Result<i32> {
     let mut linker = Linker::<Host>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
@@ -65,20 +83,30 @@ pub async fn serve(
         .context("the component's wasi:http/incoming-handler export is not usable")?;
 
     // Everything that can be checked is checked before listening: a broken
-    // container fails its start instead of its first request.
+    // container fails its start instead of its first request. That includes
+    // one instantiation (the memory limit, the instance pool).
+    let server = Arc::new(Server::new(pre, guest, settings));
+    let mut store = server.new_store("start-up")?;
+    server
+        .pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(anyhow::Error::from)
+        .context("the component cannot be instantiated (see WASMTIME_CUSTOM_MAX_MEMORY_MB)")?;
+    drop(store);
     let listener = TcpListener::bind(settings.listen).await.with_context(|| {
         format!("could not listen on {} (set {} to a free address)", settings.listen, crate::settings::LISTEN)
     })?;
     start_epoch_ticker(engine.clone());
-    let server = Arc::new(Server::new(pre, guest, settings));
     eprintln!("wasmtime-custom: serving on http://{}", settings.listen);
     log::info!("serving on http://{}", settings.listen);
 
-    let mut terminate = signal(SignalKind::terminate()).context("could not watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("could not watch SIGINT")?;
+    let Signals { mut terminate, mut interrupt } = signals;
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
-    http.keep_alive(true);
+    // The timer bounds how long a client may take to send a request's head,
+    // so a half-sent request cannot hold a drain open.
+    http.keep_alive(true).timer(TokioTimer::new());
 
     let stopped_by = loop {
         tokio::select! {
@@ -205,9 +233,18 @@ impl Server {
             .build();
         let mut store = Store::new(self.pre.engine(), Host::new(wasi, self.settings.max_memory_bytes));
         store.limiter(|host| &mut host.limits);
-        let ticks = self.settings.request_timeout.as_millis() / EPOCH_TICK.as_millis();
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
-        store.epoch_deadline_trap();
+        // At every epoch tick a computing guest yields its worker thread, so
+        // one busy request cannot stall the others, the probes or a drain;
+        // past the request timeout it is stopped.
+        let deadline = Instant::now() + self.settings.request_timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
         Ok(store)
     }
 
@@ -215,7 +252,9 @@ impl Server {
         self: Arc<Self>,
         request: Request<Incoming>,
     ) -> Result<Response<HyperOutgoingBody>, Infallible> {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        // Counted until the response head is out, also when the client goes
+        // away and this future is dropped.
+        let _in_flight = InFlight::enter(&self.in_flight);
         let id = self.request_id(&request);
         let mut response = match self.run_guest(&id, request).await {
             Ok(response) => response,
@@ -224,7 +263,6 @@ impl Server {
         if let Ok(value) = HeaderValue::from_str(&id) {
             response.headers_mut().insert(REQUEST_ID_HEADER, value);
         }
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         Ok(response)
     }
 
@@ -265,8 +303,20 @@ impl Server {
                 Err(_) => Err(Failure::Timeout(timeout)),
             }
         });
+        // Aborted if this request is given up (timeout, client gone) before
+        // the guest answered; kept running while it streams the body.
+        let abort = AbortOnDrop(Some(task.abort_handle()));
         match tokio::time::timeout(timeout, receiver).await {
-            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Ok(response))) => {
+                abort.disarm();
+                let id = id.to_string();
+                tokio::spawn(async move {
+                    if let Ok(Err(failure)) = task.await {
+                        failure.log(&id, "after the response head was sent");
+                    }
+                });
+                Ok(response)
+            }
             Ok(Ok(Err(code))) => Err(Failure::Guest(format!("the handler answered with error {code:?}"))),
             // The guest dropped its response-outparam: the task says why.
             Ok(Err(_)) => match task.await {
@@ -274,17 +324,48 @@ impl Server {
                 Ok(Err(failure)) => Err(failure),
                 Err(e) => Err(Failure::Guest(format!("the handler's task failed: {e}"))),
             },
-            Err(_) => {
-                task.abort();
-                Err(Failure::Timeout(timeout))
-            }
+            Err(_) => Err(Failure::Timeout(timeout)),
+        }
+    }
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Aborts a task when dropped, unless disarmed.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
         }
     }
 }
 
 impl Failure {
-    fn into_response(self, id: &str) -> Response<HyperOutgoingBody> {
-        let (status, public, detail) = match self {
+    /// The status, what the caller is told, and the details for the log.
+    fn describe(self) -> (StatusCode, &'static str, String) {
+        match self {
             Failure::BadRequest(detail) => (StatusCode::BAD_REQUEST, "bad request", detail),
             Failure::Unavailable(detail) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "no instance available to handle the request", detail)
@@ -295,7 +376,18 @@ impl Failure {
                 "the handler did not answer in time",
                 format!("stopped after {}s", after.as_secs()),
             ),
-        };
+        }
+    }
+
+    /// Logs a failure the caller cannot be told about any more.
+    fn log(self, id: &str, when: &str) {
+        let (_, public, detail) = self.describe();
+        eprintln!("[req={id}] wasmtime-custom: {public} {when}: {detail}");
+        log::error!("request {id}: {public} {when}: {detail}");
+    }
+
+    fn into_response(self, id: &str) -> Response<HyperOutgoingBody> {
+        let (status, public, detail) = self.describe();
         // The details (a trap's backtrace) go to the log, not to the caller.
         eprintln!("[req={id}] wasmtime-custom: {public}: {detail}");
         log::error!("request {id}: {public}: {detail}");

@@ -3,7 +3,7 @@
 //!
 //! | route | does |
 //! |---|---|
-//! | `/sleep?ms=N` | waits N ms, then 200 `slept N ms` |
+//! | `/sleep?ms=N` | prints `sleeping N ms`, waits N ms, then 200 `slept N ms` |
 //! | `/trap` | panics, which traps the instance |
 //! | `/spin` | computes forever (until the shim's request timeout) |
 //! | `/log` | writes one line to stdout and one to stderr, then 200 |
@@ -30,6 +30,8 @@ mod component {
             let body = match path {
                 "/sleep" => {
                     let ms: u64 = query(args, "ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+                    // Tests wait for this line to know the request is in flight.
+                    println!("sleeping {ms} ms");
                     wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
                     format!("slept {ms} ms")
                 }
