@@ -191,10 +191,10 @@ fn leftovers(id: &str, state: &Path) -> Vec<String> {
     let mut found = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-                if String::from_utf8_lossy(&cmdline).contains(id) {
-                    found.push(format!("process {}", entry.file_name().to_string_lossy()));
-                }
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+                && String::from_utf8_lossy(&cmdline).contains(id)
+            {
+                found.push(format!("process {}", entry.file_name().to_string_lossy()));
             }
         }
     }
