@@ -48,7 +48,8 @@ plain_dir=$dir
 first=$(for i in $(seq "$starts"); do
   new_containerd 1.7; ctr images import --all-platforms target/images/app-wasm.tar >/dev/null
   start_ms localhost/wasmtime-custom/app:wasm first $port --platform wasip1/wasm; stop_task first
-  scripts/containerd.sh stop "$dir"
+  # (a subshell: the EXIT trap of the script does not see this one)
+  scripts/containerd.sh stop "$dir"; rm -rf "$dir"
 done | median)
 row "wasm-layer image, containerd 1.7.24, first start (compiles)" "$first"
 new_containerd 1.7; ctr images import --all-platforms target/images/app-wasm.tar >/dev/null
