@@ -59,7 +59,10 @@ fn installs_restarts_serves_and_uninstalls(version: &'static str) -> Result<()> 
     // ctr finds the runtime by name on containerd's PATH and serves.
     containerd.import("test-http.tar", &[])?;
     let port = free_port();
-    let mut guest = containerd.run(Run::new(TEST_HTTP, "after-install").listen(port))?;
+    // Ids unique across the tests: the shim keeps its container state under
+    // /run/containerd/wasmtime-custom/<namespace>/<id>, whichever containerd asks.
+    let id = format!("after-install-{version}");
+    let mut guest = containerd.run(Run::new(TEST_HTTP, &id).listen(port))?;
     guest.wait_listening(port)?;
     assert_eq!(http::get(port, "/")?.status, 200);
     guest.signal("SIGTERM")?;
@@ -89,6 +92,10 @@ fn installs_restarts_serves_and_uninstalls(version: &'static str) -> Result<()> 
     assert!(removed.status.success(), "{}", text(&removed));
     assert_eq!(std::fs::read_to_string(node.config())?, node.original_config);
     assert!(!node.bin_dir().join("containerd-shim-wasmtime-custom-v1").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(node.root().join("etc/containerd"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(leftovers, ["config.toml"], "uninstall leaves nothing of its own next to the config");
     containerd.ctr_ok(&["version"])?;
     Ok(())
 }

@@ -227,6 +227,9 @@ pub async fn uninstall(options: &Options) -> Result<()> {
                 );
             }
             restart_or_roll_back(options, &now, None).await?;
+            // containerd runs healthy on the config as it was before the
+            // install: the installer's backup of it goes too.
+            system::remove_file(host, &backup_path(&now.layout.config))?;
         } else {
             println!("the config does not register {}; containerd not restarted", options.runtime_name);
         }
@@ -239,6 +242,8 @@ pub async fn uninstall(options: &Options) -> Result<()> {
         println!("removed {}", options.install_dir.join(SHIM_NAME).display());
     }
     system::remove_file(host, Path::new(STATE))?;
+    // Its folder too, once empty (another file there is not ours to remove).
+    let _ = std::fs::remove_dir(host.path(Path::new(STATE).parent().unwrap_or(Path::new("/"))));
     Ok(())
 }
 
