@@ -19,15 +19,20 @@ fn installer() -> PathBuf {
     path
 }
 
-/// Runs the installer on `node` with `args`, restarting with `restart`.
+/// Runs the installer on `node` with `args`, restarting with `restart`,
+/// waiting up to 30 s for containerd's health.
 fn run_installer(node: &FakeNode, restart: &str, args: &[&str]) -> Result<Output> {
+    run_installer_with_timeout(node, restart, args, 30)
+}
+
+fn run_installer_with_timeout(node: &FakeNode, restart: &str, args: &[&str], health: u32) -> Result<Output> {
     let shim = workspace_root().join("target/release/containerd-shim-wasmtime-custom-v1");
     std::process::Command::new(installer())
         .args(args)
         .arg("--host-root")
         .arg(node.root())
         .args(["--config", "/etc/containerd/config.toml", "--containerd-bin", "/usr/bin/containerd"])
-        .args(["--socket", "/run/containerd/containerd.sock", "--health-timeout", "30"])
+        .args(["--socket", "/run/containerd/containerd.sock", "--health-timeout", &health.to_string()])
         .arg("--shim")
         .arg(&shim)
         .args(["--restart-command", restart])
@@ -125,6 +130,29 @@ fn a_failed_restart_rolls_the_config_back_byte_for_byte() -> Result<()> {
     assert_eq!(run.status.code(), Some(2), "{}", text(&run));
     assert!(text(&run).contains("restored byte for byte"), "{}", text(&run));
     assert!(text(&run).contains("injected failure"), "the cause is reported: {}", text(&run));
+    assert_eq!(std::fs::read_to_string(node.config())?, node.original_config);
+    containerd.ctr_ok(&["version"])?;
+    Ok(())
+}
+
+#[test]
+fn containerd_up_without_the_runtime_is_rolled_back_too() -> Result<()> {
+    let node = FakeNode::new("1.7")?;
+    let containerd = Containerd::start_with_config("1.7", &node.config(), &node.socket(), &node.bin_dir())?;
+    // The restart brings containerd back, but on a config without the
+    // runtime (as if the edit had not taken): CRI does not list the handler.
+    let original = containerd.dir().join("original.toml");
+    std::fs::write(&original, &node.original_config)?;
+    let restart = format!(
+        "cp {o} {c} && {r}",
+        o = original.display(),
+        c = node.config().display(),
+        r = containerd.restart_command()
+    );
+    let run = run_installer_with_timeout(&node, &restart, &["install"], 5)?;
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run));
+    assert!(text(&run).contains("does not know the runtime handler wasmtime-custom"), "{}", text(&run));
+    assert!(text(&run).contains("restored byte for byte"), "{}", text(&run));
     assert_eq!(std::fs::read_to_string(node.config())?, node.original_config);
     containerd.ctr_ok(&["version"])?;
     Ok(())
