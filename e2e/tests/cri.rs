@@ -162,6 +162,35 @@ async fn exit_code(client: &mut RuntimeClient, id: &str, timeout: Duration) -> R
     }
 }
 
+/// The pod the test works in.
+struct PodContext<'a> {
+    pod: &'a str,
+    sandbox: &'a PodSandboxConfig,
+    ip: &'a str,
+    logs: &'a Path,
+}
+
+/// Starts a test-http container `name` serving on `port` in the pod and
+/// sends it `/sleep?ms=...`; returns once the guest is sleeping, with the
+/// container id and the request's thread.
+async fn sleeping_container(
+    client: &mut RuntimeClient,
+    pod: &PodContext<'_>,
+    name: &str,
+    port: u16,
+    ms: u64,
+) -> Result<(String, std::thread::JoinHandle<Result<http::Response>>)> {
+    let listen = format!("0.0.0.0:{port}");
+    let config = container_config(name, TEST_HTTP, &[("WASMTIME_CUSTOM_LISTEN", listen)], &[]);
+    let id = start_container(client, pod.pod, pod.sandbox, config).await?;
+    wait_http(pod.ip, port).await?;
+    let ip = pod.ip.to_string();
+    let request =
+        std::thread::spawn(move || http::request_to(&ip, port, "GET", &format!("/sleep?ms={ms}"), ""));
+    wait_for_log_line(&pod.logs.join(format!("{name}.log")), &format!("] sleeping {ms} ms")).await?;
+    Ok((id, request))
+}
+
 /// Waits until the CRI log file at `path` has a line containing `text`.
 async fn wait_for_log_line(path: &Path, text: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -313,18 +342,8 @@ async fn drive(version: &'static str, node: &FakeNode) -> Result<()> {
     );
 
     // StopContainer with a timeout while a request is in flight: it finishes, exit 0.
-    let slow = start_container(
-        &mut client,
-        &pod,
-        &sandbox,
-        container_config("slow", TEST_HTTP, &[("WASMTIME_CUSTOM_LISTEN", "0.0.0.0:8081".into())], &[]),
-    )
-    .await?;
-    wait_http(&ip, 8081).await?;
-    let ip_for_request = ip.clone();
-    let in_flight =
-        std::thread::spawn(move || http::request_to(&ip_for_request, 8081, "GET", "/sleep?ms=2000", ""));
-    wait_for_log_line(&logs.path().join("slow.log"), "] sleeping 2000 ms").await?;
+    let pod_ctx = PodContext { pod: &pod, sandbox: &sandbox, ip: &ip, logs: logs.path() };
+    let (slow, in_flight) = sleeping_container(&mut client, &pod_ctx, "slow", 8081, 2000).await?;
     client.stop_container(StopContainerRequest { container_id: slow.clone(), timeout: 20 }).await?;
     let answer = in_flight.join().expect("request thread")?;
     assert_eq!((answer.status, answer.body.as_str()), (200, "slept 2000 ms"));
@@ -332,18 +351,7 @@ async fn drive(version: &'static str, node: &FakeNode) -> Result<()> {
     println!("containerd {version}: StopContainer(timeout 20) with a 2 s request in flight: 200, exit 0");
 
     // A container that does not finish by the deadline is killed at it.
-    let stuck = start_container(
-        &mut client,
-        &pod,
-        &sandbox,
-        container_config("stuck", TEST_HTTP, &[("WASMTIME_CUSTOM_LISTEN", "0.0.0.0:8082".into())], &[]),
-    )
-    .await?;
-    wait_http(&ip, 8082).await?;
-    let ip_for_request = ip.clone();
-    let _never =
-        std::thread::spawn(move || http::request_to(&ip_for_request, 8082, "GET", "/sleep?ms=60000", ""));
-    wait_for_log_line(&logs.path().join("stuck.log"), "] sleeping 60000 ms").await?;
+    let (stuck, _never) = sleeping_container(&mut client, &pod_ctx, "stuck", 8082, 60_000).await?;
     let stopping = Instant::now();
     client.stop_container(StopContainerRequest { container_id: stuck.clone(), timeout: 2 }).await?;
     let took = stopping.elapsed();
