@@ -31,8 +31,12 @@ fi
 
 # Offline validation of the Kubernetes manifests against the API schemas.
 if ! command -v kubernetes-validate >/dev/null; then
-  pip install --quiet kubernetes-validate
+  python3 -m pip install --quiet kubernetes-validate
+  # Under pyenv a new console script needs its shim.
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
 fi
+command -v kubernetes-validate >/dev/null || {
+  echo "install-prerequisites: kubernetes-validate is not on PATH after pip install" >&2; exit 1; }
 # kubectl (for `kubectl kustomize`) comes with the machine image; there is no
 # apt source for it here, so say so instead of failing later in a test.
 command -v kubectl >/dev/null || { echo "install-prerequisites: kubectl is missing (needed for kubectl kustomize)" >&2; exit 1; }
