@@ -70,6 +70,7 @@ async fn start(ctx: &impl RuntimeContext) -> Result<i32> {
 
 /// What the container gives its guest: the process arguments and environment
 /// of the OCI spec, and the container's root filesystem as `/`.
+#[derive(Clone)]
 pub struct Guest {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,

@@ -172,8 +172,7 @@ fn start_epoch_ticker(engine: Engine) {
 
 struct Server {
     pre: ProxyPre<Host>,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
+    guest: Guest,
     settings: Settings,
     /// Random per process, so ids from different replicas do not collide.
     id_prefix: String,
@@ -198,8 +197,7 @@ impl Server {
         let random = RandomState::new().build_hasher().finish();
         Server {
             pre,
-            args: guest.args.clone(),
-            env: guest.env.clone(),
+            guest: guest.clone(),
             settings: settings.clone(),
             id_prefix: format!("{:08x}", random as u32),
             next_id: AtomicU64::new(1),
@@ -225,8 +223,8 @@ impl Server {
     /// The one place a request's world is built: its WASI context with
     /// tagged output, its memory limit and its CPU deadline.
     fn new_store(&self, request_id: &str) -> Result<Store<Host>> {
-        let guest = Guest { args: self.args.clone(), env: self.env.clone() };
-        let wasi = guest
+        let wasi = self
+            .guest
             .wasi()?
             .stdout(TaggedOutput::new(request_id, Target::Stdout))
             .stderr(TaggedOutput::new(request_id, Target::Stderr))
