@@ -11,6 +11,7 @@
 #                                              start it again as before
 #   scripts/containerd.sh stop DIR             kill its tasks, stop it, unmount
 #   scripts/containerd.sh ctr DIR ARGS...      run the matching ctr against it
+#   scripts/containerd.sh bin VERSION          print the folder of that version's binaries
 #
 # Environment (for start):
 #   WASMTIME_CUSTOM_SHIM_DIR   folder put first on containerd's PATH, holding
@@ -24,11 +25,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:-}
 dir=${2:-}
-usage="usage: scripts/containerd.sh start DIR [1.6|1.7|2.1] | restart DIR | stop DIR | ctr DIR ARGS..."
+usage="usage: scripts/containerd.sh start DIR [1.6|1.7|2.1] | restart DIR | stop DIR | ctr DIR ARGS... | bin VERSION"
 [[ -n "$cmd" && -n "$dir" ]] || { echo "$usage" >&2; exit 2; }
-mkdir -p "$dir"
-dir=$(cd "$dir" && pwd)
-sock=$(cat "$dir/socket" 2>/dev/null || echo "$dir/containerd.sock")
 
 bin_dir() {
   case "$1" in
@@ -38,6 +36,14 @@ bin_dir() {
     *) echo "containerd.sh: unknown version $1 (use 1.6, 1.7 or 2.1)" >&2; exit 2 ;;
   esac
 }
+
+if [[ $cmd == bin ]]; then
+  bin_dir "$dir"
+  exit 0
+fi
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+sock=$(cat "$dir/socket" 2>/dev/null || echo "$dir/containerd.sock")
 
 ctr_bin() {
   local version

@@ -150,17 +150,16 @@ impl Drop for FakeNode {
     }
 }
 
+/// The containerd binary of `version`, where `scripts/containerd.sh` keeps it.
 fn containerd_binary(version: &str) -> Result<PathBuf> {
-    let path = match version {
-        "1.6" => PathBuf::from("/usr/bin/containerd"),
-        "1.7" => workspace_root().join("target/containerd/trixie/root/usr/bin/containerd"),
-        "2.1" => workspace_root().join("target/containerd/sid/root/usr/bin/containerd"),
-        other => bail!("no containerd {other} here"),
-    };
-    if !path.exists() {
-        bail!("{} is missing: run scripts/install-prerequisites.sh", path.display());
+    let output = Command::new(workspace_root().join("scripts/containerd.sh"))
+        .args(["bin", version])
+        .output()
+        .context("run scripts/containerd.sh bin")?;
+    if !output.status.success() {
+        bail!("no containerd {version}: {}", String::from_utf8_lossy(&output.stderr).trim());
     }
-    Ok(path)
+    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("containerd"))
 }
 
 /// The shared libraries `binary` loads, as `ldd` resolves them.

@@ -14,14 +14,15 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("node-installer is in the workspace").to_path_buf()
 }
 
-/// The containerd binary of `version`; fails (never skips) when missing.
+/// The containerd binary of `version`, where `scripts/containerd.sh` keeps
+/// it; fails (never skips) when it cannot be had.
 fn containerd(version: &str) -> PathBuf {
-    let path = match version {
-        "1.6" => PathBuf::from("/usr/bin/containerd"),
-        "1.7" => workspace().join("target/containerd/trixie/root/usr/bin/containerd"),
-        "2.1" => workspace().join("target/containerd/sid/root/usr/bin/containerd"),
-        other => panic!("no containerd {other} here"),
-    };
+    let output = std::process::Command::new(workspace().join("scripts/containerd.sh"))
+        .args(["bin", version])
+        .output()
+        .expect("run scripts/containerd.sh bin");
+    assert!(output.status.success(), "no containerd {version}: {}", String::from_utf8_lossy(&output.stderr));
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("containerd");
     assert!(path.exists(), "{} is missing: run scripts/install-prerequisites.sh", path.display());
     path
 }
