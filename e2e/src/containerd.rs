@@ -134,21 +134,8 @@ impl Containerd {
     /// `ctr run --rm --net-host --runtime io.containerd.wasmtime-custom.v1`
     /// (or the runtime `run` names) in the foreground, its output captured.
     pub fn run(&self, run: Run<'_>) -> Result<Container<'_>> {
-        let mut args = vec!["run", "--rm", "--net-host", "--runtime", run.runtime];
-        if let Some(platform) = run.platform {
-            args.extend(["--platform", platform]);
-        }
-        if run.privileged {
-            args.push("--privileged");
-        }
-        for mount in &run.mounts {
-            args.extend(["--mount", mount]);
-        }
-        for env in &run.env {
-            args.extend(["--env", env]);
-        }
-        args.extend([run.image, run.id]);
-        args.extend(run.args.iter().copied());
+        let args = run.ctr_args(&["run", "--rm"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut child = self
             .ctr_command(&args)
             .stdin(Stdio::null())
@@ -175,6 +162,37 @@ impl Containerd {
             }));
         }
         Ok(Container { containerd: self, id: run.id.to_string(), child, output, readers, exit: None })
+    }
+}
+
+impl Containerd {
+    /// `ctr run -d`: starts the container and returns once its task runs
+    /// (nothing of its output is kept).
+    pub fn run_detached(&self, run: Run<'_>) -> Result<()> {
+        let args = run.ctr_args(&["run", "-d"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ctr_ok(&args).map(drop)
+    }
+
+    /// The process id of container `id`'s task (`ctr tasks ls`).
+    pub fn task_pid(&self, id: &str) -> Result<u32> {
+        let list = self.ctr_ok(&["tasks", "ls"])?;
+        list.lines()
+            .find_map(|line| {
+                let mut words = line.split_whitespace();
+                (words.next() == Some(id)).then(|| words.next()?.parse().ok()).flatten()
+            })
+            .with_context(|| format!("no task {id} in `ctr tasks ls`:\n{list}"))
+    }
+
+    /// Kills container `id`'s task and deletes the task and the container.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        // The task may have ended already; deleting it is what must succeed.
+        let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+        crate::wait_for(&format!("task {id} to be deleted"), Duration::from_secs(30), || {
+            self.ctr(&["tasks", "delete", id]).ok().filter(|o| o.status.success())
+        })?;
+        self.ctr_ok(&["containers", "delete", id]).map(drop)
     }
 }
 
@@ -250,6 +268,27 @@ impl<'a> Run<'a> {
     pub fn platform(mut self, platform: &'a str) -> Run<'a> {
         self.platform = Some(platform);
         self
+    }
+
+    /// `ctr` arguments: `command` (e.g. `run --rm`), the options, image, id, args.
+    fn ctr_args(&self, command: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = command.iter().map(|word| word.to_string()).collect();
+        args.extend(["--net-host".into(), "--runtime".into(), self.runtime.into()]);
+        if let Some(platform) = self.platform {
+            args.extend(["--platform".into(), platform.into()]);
+        }
+        if self.privileged {
+            args.push("--privileged".into());
+        }
+        for mount in &self.mounts {
+            args.extend(["--mount".into(), mount.clone()]);
+        }
+        for env in &self.env {
+            args.extend(["--env".into(), env.clone()]);
+        }
+        args.extend([self.image.to_string(), self.id.to_string()]);
+        args.extend(self.args.iter().map(|arg| arg.to_string()));
+        args
     }
 }
 

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
-use crate::containerd::workspace_root;
+use crate::containerd::{Containerd, workspace_root};
 
 pub struct FakeNode {
     dir: TempDir,
@@ -141,6 +141,42 @@ impl FakeNode {
              [plugins.{cri}.containerd.runtimes.runc.options]\n  SystemdCgroup = false\n"
         )
     }
+}
+
+/// A fake node whose containerd got the wasmtime-custom runtime from the
+/// node installer. The installer runs on this host directly (host root `/`)
+/// with the node's real paths: the containerd reading the config is not
+/// chrooted, so `runtime_path` must be a real path.
+pub fn installed(version: &'static str) -> Result<(FakeNode, Containerd)> {
+    let node = FakeNode::new(version)?;
+    let containerd = Containerd::start_with_config(version, &node.config(), &node.socket(), &node.bin_dir())?;
+    let installer = workspace_root().join("target/release/wasmtime-custom-node-installer");
+    let output = Command::new(&installer)
+        .arg("install")
+        .arg("--config")
+        .arg(node.config())
+        .arg("--containerd-bin")
+        .arg(node.root().join("usr/bin/containerd"))
+        .arg("--socket")
+        .arg(node.socket())
+        .arg("--install-dir")
+        .arg(node.bin_dir())
+        .args(["--restart-command", &containerd.restart_command()])
+        .arg("--shim")
+        .arg(workspace_root().join("target/release/containerd-shim-wasmtime-custom-v1"))
+        .env_remove("NODE_NAME")
+        .output()
+        .with_context(|| {
+            format!("run {} (built by `cargo build --release --workspace`)", installer.display())
+        })?;
+    if !output.status.success() {
+        bail!(
+            "the installer failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok((node, containerd))
 }
 
 impl Drop for FakeNode {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use e2e::containerd::{Containerd, workspace_root};
+use e2e::containerd::Containerd;
 use e2e::http;
 use e2e::node::FakeNode;
 use e2e::standin::StandIn;
@@ -29,37 +29,10 @@ const APP: &str = "localhost/wasmtime-custom/app:latest";
 const TEST_HTTP: &str = "localhost/wasmtime-custom/test-http:latest";
 const BUSYBOX: &str = "localhost/wasmtime-custom/busybox:latest";
 
-/// A node whose containerd got the runtime from the node installer. The
-/// installer runs on this host directly (host root `/`), with the fake
-/// node's real paths: the containerd reading the config is not chrooted,
-/// so `runtime_path` must be a real path.
+/// A node whose containerd got the runtime from the node installer, with
+/// the images the pods use.
 fn installed_node(version: &'static str) -> Result<(FakeNode, Containerd)> {
-    let node = FakeNode::new(version)?;
-    let containerd = Containerd::start_with_config(version, &node.config(), &node.socket(), &node.bin_dir())?;
-    let output =
-        std::process::Command::new(workspace_root().join("target/release/wasmtime-custom-node-installer"))
-            .arg("install")
-            .arg("--config")
-            .arg(node.config())
-            .arg("--containerd-bin")
-            .arg(node.root().join("usr/bin/containerd"))
-            .arg("--socket")
-            .arg(node.socket())
-            .arg("--install-dir")
-            .arg(node.bin_dir())
-            .args(["--restart-command", &containerd.restart_command()])
-            .arg("--shim")
-            .arg(workspace_root().join("target/release/containerd-shim-wasmtime-custom-v1"))
-            .env_remove("NODE_NAME")
-            .output()
-            .context("run the installer")?;
-    if !output.status.success() {
-        bail!(
-            "the installer failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let (node, containerd) = e2e::node::installed(version)?;
     // Images for CRI live in the k8s.io namespace.
     for archive in ["pause.tar", "busybox.tar", "app.tar", "test-http.tar"] {
         let path = e2e::containerd::images_dir().join(archive).display().to_string();

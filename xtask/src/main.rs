@@ -1,13 +1,16 @@
 //! Project tasks that are not plain `cargo build`.
 //!
 //! - `cargo xtask images [--out DIR]` builds the Wasm components (release,
-//!   `wasm32-wasip2`) and writes their OCI image archives for
-//!   `ctr image import` into DIR (default `target/images`).
+//!   `wasm32-wasip2`) and the workspace, and writes the OCI image archives
+//!   for `ctr image import` into DIR (default `target/images`): the app
+//!   (plain and wasm-layer), the native baseline (`app-native.tar`), the
+//!   test guests, and the Linux images of the CRI tests.
 //! - `cargo xtask installer-image [--out DIR]` builds the workspace (release)
 //!   and writes the node installer's image (`node-installer.tar`): the
 //!   installer, the shim it installs, the libraries they load, and a
 //!   busybox shell for `--restart-command`.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -50,6 +53,9 @@ struct Image {
 
 fn images(root: &Path, out: &Path) -> Result<()> {
     let wasm_dir = build_components(root)?;
+    // The native baseline's binary; the whole workspace, so that features
+    // resolve as in every other build and nothing is built twice.
+    cargo(root, &["build", "--release", "--workspace"])?;
     let read = |file: &str| {
         let path = wasm_dir.join(file);
         std::fs::read(&path).with_context(|| format!("could not read {}", path.display()))
@@ -96,6 +102,7 @@ fn images(root: &Path, out: &Path) -> Result<()> {
         ];
         write_archive(&out.join(file), name, &oci::plain_image(name, oci_arch()?, &layer, entrypoint)?)?;
     }
+    native_app_image(root, out)?;
     for image in images {
         let archive = if image.wasm_layer {
             oci::wasm_layer_image(image.name, &image.wasm)?
@@ -115,6 +122,7 @@ fn write_archive(path: &Path, name: &str, archive: &[u8]) -> Result<()> {
 
 const INSTALLER: &str = "wasmtime-custom-node-installer";
 const SHIM: &str = "containerd-shim-wasmtime-custom-v1";
+const NATIVE_APP: &str = "order-app-native";
 /// busybox applets the installer's `--restart-command` may need.
 const SHELL_APPLETS: [&str; 6] = ["sh", "touch", "sleep", "rm", "cat", "test"];
 
@@ -123,41 +131,59 @@ fn installer_image(root: &Path, out: &Path) -> Result<()> {
     cargo(root, &["build", "--release", "--workspace"])?;
     let release = target_dir(root).join("release");
     let installer = release.join(INSTALLER);
-    let mut files = vec![
+    let files = vec![
         (format!("usr/local/bin/{INSTALLER}"), installer.clone()),
         (format!("usr/local/bin/{SHIM}"), release.join(SHIM)),
         ("bin/busybox".to_string(), PathBuf::from("/bin/busybox")),
     ];
-    for library in libraries(&installer)? {
+    let mut layer = linux_layer(&installer, files, &["mnt/node-root", "tmp", "run"])?;
+    for applet in SHELL_APPLETS {
+        layer.push(oci::Entry::Symlink { path: format!("bin/{applet}"), target: "busybox".into() });
+    }
+    let name = "localhost/wasmtime-custom/node-installer:latest";
+    let entrypoint = format!("/usr/local/bin/{INSTALLER}");
+    let archive = oci::plain_image(name, oci_arch()?, &layer, &[&entrypoint])?;
+    std::fs::create_dir_all(out).with_context(|| format!("could not create {}", out.display()))?;
+    write_archive(&out.join("node-installer.tar"), name, &archive)
+}
+
+/// The native baseline's image: `order-app-native` and the libraries it
+/// loads, nothing else (as small as a distroless image of it would be).
+fn native_app_image(root: &Path, out: &Path) -> Result<()> {
+    let binary = target_dir(root).join("release").join(NATIVE_APP);
+    let files = vec![(format!("usr/local/bin/{NATIVE_APP}"), binary.clone())];
+    let layer = linux_layer(&binary, files, &["tmp"])?;
+    let name = "localhost/wasmtime-custom/app-native:latest";
+    let entrypoint = format!("/usr/local/bin/{NATIVE_APP}");
+    let archive = oci::plain_image(name, oci_arch()?, &layer, &[&entrypoint])?;
+    write_archive(&out.join("app-native.tar"), name, &archive)
+}
+
+/// A Linux image layer: `files` (path in the image, source on this machine),
+/// the shared libraries `binary` loads at the paths `ldd` gives, and `dirs`,
+/// with every parent folder before what it holds.
+fn linux_layer(binary: &Path, mut files: Vec<(String, PathBuf)>, dirs: &[&str]) -> Result<Vec<oci::Entry>> {
+    for library in libraries(binary)? {
         files.push((library.display().to_string().trim_start_matches('/').to_string(), library));
     }
-    let mut dirs: std::collections::BTreeSet<String> =
-        ["mnt/node-root", "tmp", "run"].map(String::from).into();
+    let mut folders: BTreeSet<String> = dirs.iter().map(|dir| dir.to_string()).collect();
     let mut entries = Vec::new();
     for (path, source) in &files {
         let bytes = std::fs::read(source).with_context(|| {
             format!("could not read {} (busybox comes from the busybox-static package)", source.display())
         })?;
         entries.push(oci::Entry::File { path: path.clone(), mode: 0o755, bytes });
-        dirs.insert(Path::new(path).parent().map(|p| p.display().to_string()).unwrap_or_default());
+        folders.insert(Path::new(path).parent().map(|p| p.display().to_string()).unwrap_or_default());
     }
-    for applet in SHELL_APPLETS {
-        entries.push(oci::Entry::Symlink { path: format!("bin/{applet}"), target: "busybox".into() });
-    }
-    // Every parent folder, before what it holds.
-    let all_dirs: std::collections::BTreeSet<String> = dirs
+    let all: BTreeSet<String> = folders
         .iter()
         .flat_map(|dir| Path::new(dir).ancestors().map(|a| a.display().to_string()).collect::<Vec<_>>())
         .filter(|dir| !dir.is_empty())
         .collect();
     let mut layer: Vec<oci::Entry> =
-        all_dirs.into_iter().map(|path| oci::Entry::Dir { path: format!("{path}/") }).collect();
+        all.into_iter().map(|path| oci::Entry::Dir { path: format!("{path}/") }).collect();
     layer.extend(entries);
-    let name = "localhost/wasmtime-custom/node-installer:latest";
-    let entrypoint = format!("/usr/local/bin/{INSTALLER}");
-    let archive = oci::plain_image(name, oci_arch()?, &layer, &[&entrypoint])?;
-    std::fs::create_dir_all(out).with_context(|| format!("could not create {}", out.display()))?;
-    write_archive(&out.join("node-installer.tar"), name, &archive)
+    Ok(layer)
 }
 
 /// The shared libraries `binary` loads, as `ldd` resolves them.
