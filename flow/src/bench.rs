@@ -1,0 +1,524 @@
+//! The benchmark: the Wasm app on the wasmtime-custom shim against the same
+//! order logic as a native server under runc, every row measured side by
+//! side in one run on this machine. It prints figures and asserts nothing.
+//!
+//! Rows: HTTP throughput and latency with `wrk`, cold starts (`ctr run -d`
+//! to the first 200), density (PSS of N running instances), sizes, and the
+//! full order flow. Medians over repeats; ratios are Wasm / native.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use e2e::containerd::{Containerd, images_dir, workspace_root};
+use e2e::{free_port, http, wait_for};
+use serde::Serialize;
+
+use crate::job::{self, Flavor, Node, Options};
+use crate::standin::{self, StandIn};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Cold starts per row.
+    #[arg(long, default_value_t = 10)]
+    pub starts: usize,
+    /// Runs of each wrk measurement and of the full flow; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Seconds of each wrk run.
+    #[arg(long, default_value_t = 5)]
+    pub wrk_seconds: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 32)]
+    pub connections: u32,
+    /// Running instances of each kind for the density row.
+    #[arg(long, default_value_t = 20)]
+    pub instances: usize,
+    /// Where `bench.txt` and `bench.json` are written.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub name: String,
+    pub unit: &'static str,
+    pub wasm: f64,
+    pub native: f64,
+    /// Wasm / native.
+    pub ratio: f64,
+    /// Every sample behind the medians.
+    pub wasm_samples: Vec<f64>,
+    pub native_samples: Vec<f64>,
+}
+
+impl Row {
+    fn new(name: impl Into<String>, unit: &'static str, wasm: Vec<f64>, native: Vec<f64>) -> Row {
+        let (w, n) = (median(&wasm), median(&native));
+        Row {
+            name: name.into(),
+            unit,
+            wasm: w,
+            native: n,
+            ratio: if n != 0.0 { w / n } else { f64::NAN },
+            wasm_samples: wasm,
+            native_samples: native,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    command: String,
+    machine: String,
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+pub fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+const FLAVORS: [Flavor; 2] = [Flavor::Wasm, Flavor::Native];
+
+pub fn run(settings: &Settings, flow: Options) -> Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let containerd = Containerd::start("1.7")?;
+    containerd.import("app-wasm.tar", &["--all-platforms"])?;
+    containerd.import("app-native.tar", &[])?;
+
+    eprintln!("bench: HTTP with wrk");
+    rows.extend(http_rows(&containerd, settings)?);
+    eprintln!("bench: cold starts");
+    rows.extend(cold_start_rows(&containerd, settings)?);
+    eprintln!("bench: density");
+    rows.push(density_row(&containerd, settings)?);
+    drop(containerd);
+    rows.extend(size_rows()?);
+
+    eprintln!("bench: the full flow, {} orders, {} runs each", flow.orders, settings.repeats);
+    let node = Node::start()?;
+    let mut samples: HashMap<Flavor, Vec<f64>> = HashMap::new();
+    for _ in 0..settings.repeats {
+        for flavor in FLAVORS {
+            let report = job::run_on(&node, flavor, Options { progress: false, ..flow.clone() })?;
+            if !report.ok() {
+                bail!(
+                    "the {} flow run failed, so its figure means nothing:\n{}",
+                    flavor.slug(),
+                    report.render()
+                );
+            }
+            eprintln!("  {}: {:.0} orders/s", flavor.slug(), report.orders_per_second);
+            samples.entry(flavor).or_default().push(report.orders_per_second);
+        }
+    }
+    rows.push(Row::new(
+        format!("full flow, {} orders released at once", flow.orders),
+        "orders/s",
+        samples.remove(&Flavor::Wasm).unwrap_or_default(),
+        samples.remove(&Flavor::Native).unwrap_or_default(),
+    ));
+    notes.push(format!(
+        "full flow: stand-in concurrency {} per queue; the Wasm guest opens a new connection per outgoing \
+         request (wasi:http), the native server keeps a pool",
+        flow.standin.concurrency
+    ));
+
+    let results = Results { command, machine: machine(), rows, notes };
+    let table = render(&results);
+    print!("{table}");
+    std::fs::create_dir_all(&settings.out).with_context(|| format!("create {}", settings.out.display()))?;
+    std::fs::write(settings.out.join("bench.txt"), &table)?;
+    std::fs::write(settings.out.join("bench.json"), serde_json::to_string_pretty(&results)?)?;
+    println!("written to {}/bench.txt and bench.json", settings.out.display());
+    Ok(())
+}
+
+fn render(results: &Results) -> String {
+    let mut out = format!("machine: {}\ncommand: {}\n\n", results.machine, results.command);
+    out.push_str(&format!("{:<58} {:>12} {:>12} {:>12}  unit\n", "row", "wasm", "native", "wasm/native"));
+    for row in &results.rows {
+        out.push_str(&format!(
+            "{:<58} {:>12} {:>12} {:>12.2}  {}\n",
+            row.name,
+            figure(row.wasm),
+            figure(row.native),
+            row.ratio,
+            row.unit
+        ));
+    }
+    for note in &results.notes {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    out
+}
+
+fn figure(value: f64) -> String {
+    if value >= 100.0 { format!("{value:.0}") } else { format!("{value:.2}") }
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("model name").map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
+}
+
+/// Starts one app of `flavor` detached, answering on `port`.
+fn start(containerd: &Containerd, flavor: Flavor, id: &str, port: u16, dapr: &str) -> Result<()> {
+    containerd.run_detached(flavor.run(id, port, dapr))
+}
+
+fn wait_healthy(port: u16, timeout: Duration) -> Result<()> {
+    wait_for(&format!("GET /healthz 200 on port {port}"), timeout, || {
+        http::get(port, "/healthz").ok().filter(|r| r.status == 200)
+    })
+    .map(drop)
+}
+
+fn http_rows(containerd: &Containerd, settings: &Settings) -> Result<Vec<Row>> {
+    // The stand-in answers the distributor's output binding (its queues are
+    // not delivered: only the ingress route is measured).
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let outbox = tempfile::tempdir()?;
+    let standin =
+        runtime.block_on(StandIn::start(standin::Settings::default(), "127.0.0.1", outbox.path()))?;
+    let lua = outbox.path().join("post.lua");
+    let order = serde_json::to_string(&crate::orders::generate(1, 1)[0])?;
+    std::fs::write(
+        &lua,
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [[{order}]]\n"
+        ),
+    )?;
+    let mut ports = HashMap::new();
+    for flavor in FLAVORS {
+        let port = free_port();
+        let id = format!("bench-{}-http-{}", std::process::id(), flavor.slug());
+        start(containerd, flavor, &id, port, &standin.url())?;
+        wait_healthy(port, Duration::from_secs(30))?;
+        ports.insert(flavor, (id, port));
+    }
+    let mut samples: HashMap<(Flavor, &str), Vec<Wrk>> = HashMap::new();
+    for _ in 0..settings.repeats {
+        for flavor in FLAVORS {
+            let port = ports[&flavor].1;
+            let get = wrk(settings, &format!("http://127.0.0.1:{port}/healthz"), None)?;
+            samples.entry((flavor, "get")).or_default().push(get);
+            let post = wrk(settings, &format!("http://127.0.0.1:{port}/q-order-ingress"), Some(&lua))?;
+            samples.entry((flavor, "post")).or_default().push(post);
+        }
+    }
+    for (id, _) in ports.values() {
+        containerd.remove(id)?;
+    }
+    let wrk_args = format!("wrk -t2 -c{} -d{}s --latency", settings.connections, settings.wrk_seconds);
+    let mut rows = Vec::new();
+    for (key, label) in [("get", "GET /healthz"), ("post", "POST /q-order-ingress (stand-in answering)")] {
+        let pick = |flavor: Flavor, f: fn(&Wrk) -> f64| -> Vec<f64> {
+            samples.get(&(flavor, key)).map(|runs| runs.iter().map(f).collect()).unwrap_or_default()
+        };
+        rows.push(Row::new(
+            format!("{label}: requests/s ({wrk_args})"),
+            "req/s",
+            pick(Flavor::Wasm, |w| w.requests_per_second),
+            pick(Flavor::Native, |w| w.requests_per_second),
+        ));
+        rows.push(Row::new(
+            format!("{label}: latency p50"),
+            "ms",
+            pick(Flavor::Wasm, |w| w.p50_ms),
+            pick(Flavor::Native, |w| w.p50_ms),
+        ));
+        rows.push(Row::new(
+            format!("{label}: latency p99"),
+            "ms",
+            pick(Flavor::Wasm, |w| w.p99_ms),
+            pick(Flavor::Native, |w| w.p99_ms),
+        ));
+    }
+    Ok(rows)
+}
+
+/// What one wrk run reported.
+#[derive(Debug, Clone, Copy)]
+struct Wrk {
+    requests_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn wrk(settings: &Settings, url: &str, script: Option<&Path>) -> Result<Wrk> {
+    let mut command = Command::new("wrk");
+    command.args([
+        "-t2",
+        &format!("-c{}", settings.connections),
+        &format!("-d{}s", settings.wrk_seconds),
+        "--latency",
+    ]);
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
+    }
+    let output =
+        command.arg(url).output().context("run wrk (scripts/install-prerequisites.sh installs it)")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!("wrk failed on {url}: {text}{}", String::from_utf8_lossy(&output.stderr));
+    }
+    parse_wrk(&text).with_context(|| format!("unexpected wrk output for {url}:\n{text}"))
+}
+
+fn parse_wrk(text: &str) -> Option<Wrk> {
+    if let Some(line) = text.lines().find(|line| line.contains("Non-2xx or 3xx responses")) {
+        // Errors are not throughput: a failing app must not look fast.
+        let count: u64 = line.split(':').nth(1)?.trim().parse().ok()?;
+        if count > 0 {
+            return None;
+        }
+    }
+    let requests_per_second =
+        text.lines().find_map(|line| line.trim().strip_prefix("Requests/sec:"))?.trim().parse().ok()?;
+    let percentile = |label: &str| {
+        text.lines().find_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some(label)).then(|| words.next().and_then(duration_ms)).flatten()
+        })
+    };
+    Some(Wrk { requests_per_second, p50_ms: percentile("50%")?, p99_ms: percentile("99%")? })
+}
+
+/// wrk's durations: `412.00us`, `1.23ms`, `2.01s`.
+fn duration_ms(text: &str) -> Option<f64> {
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+/// `ctr run -d` to the first 200 on /healthz, in milliseconds.
+fn cold_start(containerd: &Containerd, flavor: Flavor, id: &str) -> Result<f64> {
+    let port = free_port();
+    let started = Instant::now();
+    start(containerd, flavor, id, port, "http://127.0.0.1:1")?;
+    wait_for_first_200(port)?;
+    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    containerd.remove(id)?;
+    Ok(elapsed)
+}
+
+fn wait_for_first_200(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http::get(port, "/healthz").is_ok_and(|r| r.status == 200) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    bail!("no 200 on port {port} within 30 s")
+}
+
+fn cold_start_rows(containerd: &Containerd, settings: &Settings) -> Result<Vec<Row>> {
+    let run = std::process::id();
+    let mut native = Vec::new();
+    let mut cached = Vec::new();
+    // One start compiles and caches the component; the rest reuse it.
+    cold_start(containerd, Flavor::Wasm, &format!("bench-{run}-warm"))?;
+    for i in 0..settings.starts {
+        native.push(cold_start(containerd, Flavor::Native, &format!("bench-{run}-native-{i}"))?);
+        cached.push(cold_start(containerd, Flavor::Wasm, &format!("bench-{run}-cached-{i}"))?);
+    }
+    let mut first = Vec::new();
+    for i in 0..settings.starts {
+        // A containerd of its own: no precompiled artifact exists yet.
+        let fresh = Containerd::start("1.7")?;
+        fresh.import("app-wasm.tar", &["--all-platforms"])?;
+        first.push(cold_start(&fresh, Flavor::Wasm, &format!("bench-{run}-first-{i}"))?);
+    }
+    let label = format!("cold start, ctr run -d to first 200, {} starts", settings.starts);
+    Ok(vec![
+        Row::new(format!("{label}: Wasm first start (compiles) vs native"), "ms", first, native.clone()),
+        Row::new(format!("{label}: Wasm cached artifact vs native"), "ms", cached, native),
+    ])
+}
+
+fn density_row(containerd: &Containerd, settings: &Settings) -> Result<Row> {
+    let mut per_instance = HashMap::new();
+    for flavor in FLAVORS {
+        let ids: Vec<String> = (0..settings.instances)
+            .map(|i| format!("bench-{}-dense-{}-{i}", std::process::id(), flavor.slug()))
+            .collect();
+        for id in &ids {
+            let port = free_port();
+            start(containerd, flavor, id, port, "http://127.0.0.1:1")?;
+            wait_healthy(port, Duration::from_secs(30))?;
+        }
+        let mut pids = BTreeSet::new();
+        for id in &ids {
+            pids.extend(processes_of(containerd, id)?);
+        }
+        let total_kib: u64 = pids.iter().filter_map(|pid| pss_kib(*pid)).sum();
+        per_instance.insert(flavor, total_kib as f64 / 1024.0 / settings.instances as f64);
+        eprintln!(
+            "  {}: {} processes for {} instances, total PSS {:.1} MiB",
+            flavor.slug(),
+            pids.len(),
+            settings.instances,
+            total_kib as f64 / 1024.0
+        );
+        for id in &ids {
+            containerd.remove(id)?;
+        }
+    }
+    Ok(Row::new(
+        format!("density: PSS per instance, {} instances running (all their processes)", settings.instances),
+        "MiB",
+        vec![per_instance[&Flavor::Wasm]],
+        vec![per_instance[&Flavor::Native]],
+    ))
+}
+
+/// The shim's processes for container `id` (a shim is started with
+/// `-id <id>`) and the container's task with its descendants.
+fn processes_of(containerd: &Containerd, id: &str) -> Result<BTreeSet<u32>> {
+    let mut pids = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|byte| *byte == 0).collect();
+        if args.windows(2).any(|pair| pair[0] == b"-id" && pair[1] == id.as_bytes()) {
+            pids.insert(pid);
+        }
+    }
+    let mut todo = vec![containerd.task_pid(id)?];
+    let mut task_tree = BTreeSet::new();
+    while let Some(pid) = todo.pop() {
+        if task_tree.insert(pid) {
+            todo.extend(children(pid));
+        }
+    }
+    pids.extend(task_tree);
+    Ok(pids)
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}
+
+fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup.lines().find_map(|line| line.strip_prefix("Pss:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+}
+
+fn size_rows() -> Result<Vec<Row>> {
+    let size = |path: &Path| -> Result<f64> {
+        Ok(std::fs::metadata(path).with_context(|| format!("size of {}", path.display()))?.len() as f64)
+    };
+    let images = images_dir();
+    let shim = workspace_root().join("target/release/containerd-shim-wasmtime-custom-v1");
+    let runc_shim = containerd_bin_dir("1.7")?.join("containerd-shim-runc-v2");
+    let runc = which("runc")?;
+    Ok(vec![
+        Row::new(
+            "size: image archive (app-wasm.tar vs app-native.tar)",
+            "bytes",
+            vec![size(&images.join("app-wasm.tar"))?],
+            vec![size(&images.join("app-native.tar"))?],
+        ),
+        Row::new(
+            "size: runtime on the node (our shim vs containerd-shim-runc-v2 + runc)",
+            "bytes",
+            vec![size(&shim)?],
+            vec![size(&runc_shim)? + size(&runc)?],
+        ),
+    ])
+}
+
+fn containerd_bin_dir(version: &str) -> Result<PathBuf> {
+    let output = Command::new(workspace_root().join("scripts/containerd.sh"))
+        .args(["bin", version])
+        .output()
+        .context("run scripts/containerd.sh bin")?;
+    if !output.status.success() {
+        bail!("no containerd {version}: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+}
+
+fn which(program: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .with_context(|| format!("{program} is not on PATH"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "Running 5s test @ http://127.0.0.1:1/healthz
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     3.42ms    1.10ms  20.00ms   80.00%
+  Latency Distribution
+     50%    3.10ms
+     75%    3.90ms
+     90%    4.80ms
+     99%  812.00us
+  47190 requests in 5.00s, 4.00MB read
+Requests/sec:   9438.00
+Transfer/sec:    819.00KB
+";
+
+    #[test]
+    fn wrk_output_is_parsed() {
+        let w = parse_wrk(WRK).unwrap();
+        assert_eq!(w.requests_per_second, 9438.0);
+        assert_eq!(w.p50_ms, 3.1);
+        assert!((w.p99_ms - 0.812).abs() < 1e-9);
+    }
+
+    #[test]
+    fn wrk_runs_with_errors_are_refused() {
+        let failing = WRK.replace("Requests/sec", "  Non-2xx or 3xx responses: 12\nRequests/sec");
+        assert!(parse_wrk(&failing).is_none());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+}
