@@ -125,11 +125,31 @@ pub fn run(settings: &Settings, flow: Options) -> Result<()> {
         }
     }
     rows.push(Row::new(
-        format!("full flow, {} orders released at once", flow.orders),
+        format!("full flow, {} orders", flow.orders),
         "orders/s",
         samples.remove(&Flavor::Wasm).unwrap_or_default(),
         samples.remove(&Flavor::Native).unwrap_or_default(),
     ));
+    notes.push(format!(
+        "HTTP: wrk -t2 -c{} -d{}s --latency on one app of each kind, {} runs, medians; the POST body is one \
+         generated order, and the Dapr stand-in answers the distributor's output binding",
+        settings.connections, settings.wrk_seconds, settings.repeats
+    ));
+    notes.push(format!(
+        "cold start: ctr run -d to the first 200 on /healthz, {} starts each, medians; the Wasm first start \
+         uses a fresh containerd each time, so nothing is cached",
+        settings.starts
+    ));
+    notes.push(format!(
+        "density: total PSS (/proc/<pid>/smaps_rollup) of every process of {0} running instances (shim \
+         processes and the container's), divided by {0}",
+        settings.instances
+    ));
+    notes.push(
+        "size: app-wasm.tar vs app-native.tar; containerd-shim-wasmtime-custom-v1 vs containerd-shim-runc-v2 \
+         plus runc"
+            .to_string(),
+    );
     notes.push(format!(
         "full flow: stand-in concurrency {} per queue; the Wasm guest opens a new connection per outgoing \
          request (wasi:http), the native server keeps a pool",
@@ -148,10 +168,10 @@ pub fn run(settings: &Settings, flow: Options) -> Result<()> {
 
 fn render(results: &Results) -> String {
     let mut out = format!("machine: {}\ncommand: {}\n\n", results.machine, results.command);
-    out.push_str(&format!("{:<58} {:>12} {:>12} {:>12}  unit\n", "row", "wasm", "native", "wasm/native"));
+    out.push_str(&format!("{:<44} {:>12} {:>12} {:>12}  unit\n", "row", "wasm", "native", "wasm/native"));
     for row in &results.rows {
         out.push_str(&format!(
-            "{:<58} {:>12} {:>12} {:>12.2}  {}\n",
+            "{:<44} {:>12} {:>12} {:>12.2}  {}\n",
             row.name,
             figure(row.wasm),
             figure(row.native),
@@ -230,26 +250,25 @@ fn http_rows(containerd: &Containerd, settings: &Settings) -> Result<Vec<Row>> {
     for (id, _) in ports.values() {
         containerd.remove(id)?;
     }
-    let wrk_args = format!("wrk -t2 -c{} -d{}s --latency", settings.connections, settings.wrk_seconds);
     let mut rows = Vec::new();
-    for (key, label) in [("get", "GET /healthz"), ("post", "POST /q-order-ingress (stand-in answering)")] {
+    for (key, label) in [("get", "GET /healthz"), ("post", "POST /q-order-ingress")] {
         let pick = |flavor: Flavor, f: fn(&Wrk) -> f64| -> Vec<f64> {
             samples.get(&(flavor, key)).map(|runs| runs.iter().map(f).collect()).unwrap_or_default()
         };
         rows.push(Row::new(
-            format!("{label}: requests/s ({wrk_args})"),
+            format!("{label}, requests/s"),
             "req/s",
             pick(Flavor::Wasm, |w| w.requests_per_second),
             pick(Flavor::Native, |w| w.requests_per_second),
         ));
         rows.push(Row::new(
-            format!("{label}: latency p50"),
+            format!("{label}, latency p50"),
             "ms",
             pick(Flavor::Wasm, |w| w.p50_ms),
             pick(Flavor::Native, |w| w.p50_ms),
         ));
         rows.push(Row::new(
-            format!("{label}: latency p99"),
+            format!("{label}, latency p99"),
             "ms",
             pick(Flavor::Wasm, |w| w.p99_ms),
             pick(Flavor::Native, |w| w.p99_ms),
@@ -358,10 +377,9 @@ fn cold_start_rows(containerd: &Containerd, settings: &Settings) -> Result<Vec<R
         fresh.import("app-wasm.tar", &["--all-platforms"])?;
         first.push(cold_start(&fresh, Flavor::Wasm, &format!("bench-{run}-first-{i}"))?);
     }
-    let label = format!("cold start, ctr run -d to first 200, {} starts", settings.starts);
     Ok(vec![
-        Row::new(format!("{label}: Wasm first start (compiles) vs native"), "ms", first, native.clone()),
-        Row::new(format!("{label}: Wasm cached artifact vs native"), "ms", cached, native),
+        Row::new("cold start, Wasm first start (compiles)", "ms", first, native.clone()),
+        Row::new("cold start, Wasm cached artifact", "ms", cached, native),
     ])
 }
 
@@ -394,7 +412,7 @@ fn density_row(containerd: &Containerd, settings: &Settings) -> Result<Row> {
         }
     }
     Ok(Row::new(
-        format!("density: PSS per instance, {} instances running (all their processes)", settings.instances),
+        format!("density, PSS per instance ({} running)", settings.instances),
         "MiB",
         vec![per_instance[&Flavor::Wasm]],
         vec![per_instance[&Flavor::Native]],
@@ -449,13 +467,13 @@ fn size_rows() -> Result<Vec<Row>> {
     let runc = which("runc")?;
     Ok(vec![
         Row::new(
-            "size: image archive (app-wasm.tar vs app-native.tar)",
+            "size, image archive",
             "bytes",
             vec![size(&images.join("app-wasm.tar"))?],
             vec![size(&images.join("app-native.tar"))?],
         ),
         Row::new(
-            "size: runtime on the node (our shim vs containerd-shim-runc-v2 + runc)",
+            "size, runtime binaries on the node",
             "bytes",
             vec![size(&shim)?],
             vec![size(&runc_shim)? + size(&runc)?],
