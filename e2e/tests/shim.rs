@@ -184,6 +184,20 @@ fn a_trap_fails_one_request_and_the_server_keeps_serving() -> Result<()> {
     assert!(trapped.body.contains(&trap_id), "{}", trapped.body);
     assert_eq!(http::get(port, "/")?.status, 200);
 
+    // Every request gets fresh guest memory, also in a pool slot a trapped
+    // instance used: the shim keeps slots resident and restores them itself.
+    let counts: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(move || {
+                    (0..25).map(|_| http::get(port, "/count").map(|r| r.body)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("no panic")).collect::<Result<_>>()
+    })?;
+    assert!(counts.iter().all(|count| count == "1"), "a request saw another's memory: {counts:?}");
+
     // A guest that computes forever is stopped at the request timeout.
     let started = Instant::now();
     let spun = http::get(port, "/spin")?;

@@ -8,6 +8,7 @@
 //! | `/spin` | computes forever (until the shim's request timeout) |
 //! | `/log` | writes one line to stdout and one to stderr, then 200 |
 //! | `/env?name=X` | 200 with the value of environment variable X |
+//! | `/count` | 200 with a counter kept in linear memory, after adding 1: always `1` when every request gets fresh memory |
 //! | anything else | 200 `ok` |
 
 #[cfg(target_arch = "wasm32")]
@@ -16,6 +17,9 @@ mod component {
     use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
     struct TestGuest;
+
+    /// Lives in the data segment: 0 in a fresh instance.
+    static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
     wasi::http::proxy::export!(TestGuest);
 
@@ -48,6 +52,7 @@ mod component {
                     "logged".to_string()
                 }
                 "/env" => std::env::var(query(args, "name").unwrap_or("")).unwrap_or_default(),
+                "/count" => (COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1).to_string(),
                 _ => "ok".to_string(),
             };
             let response = OutgoingResponse::new(Fields::new());
