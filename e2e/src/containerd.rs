@@ -24,6 +24,17 @@ pub fn images_dir() -> PathBuf {
     workspace_root().join("target/images")
 }
 
+/// The folder holding containerd `version`'s binaries (containerd, ctr,
+/// containerd-shim-runc-v2), where `scripts/containerd.sh` keeps them.
+pub fn bin_dir(version: &str) -> Result<PathBuf> {
+    let output =
+        Command::new(script()).args(["bin", version]).output().context("run scripts/containerd.sh bin")?;
+    if !output.status.success() {
+        bail!("no containerd {version}: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+}
+
 fn script() -> PathBuf {
     workspace_root().join("scripts/containerd.sh")
 }

@@ -44,7 +44,7 @@ impl FakeNode {
         let dir = tempfile::Builder::new().prefix("wtc-node-").tempdir_in("/tmp")?;
         let network = NEXT_NETWORK.fetch_add(1, Ordering::SeqCst);
         let mut node = FakeNode { dir, original_config: String::new(), network };
-        let containerd = containerd_binary(version)?;
+        let containerd = crate::containerd::bin_dir(version)?.join("containerd");
         node.copy_in(&containerd, Path::new("/usr/bin/containerd"))?;
         let shim = workspace_root().join("target/release/containerd-shim-wasmtime-custom-v1");
         for binary in [&containerd, &shim] {
@@ -184,18 +184,6 @@ impl Drop for FakeNode {
         // The bridge outlives containerd; it is this node's alone.
         let _ = Command::new("ip").args(["link", "delete", &self.bridge()]).output();
     }
-}
-
-/// The containerd binary of `version`, where `scripts/containerd.sh` keeps it.
-fn containerd_binary(version: &str) -> Result<PathBuf> {
-    let output = Command::new(workspace_root().join("scripts/containerd.sh"))
-        .args(["bin", version])
-        .output()
-        .context("run scripts/containerd.sh bin")?;
-    if !output.status.success() {
-        bail!("no containerd {version}: {}", String::from_utf8_lossy(&output.stderr).trim());
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("containerd"))
 }
 
 /// The shared libraries `binary` loads, as `ldd` resolves them.

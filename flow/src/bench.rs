@@ -463,7 +463,7 @@ fn size_rows() -> Result<Vec<Row>> {
     };
     let images = images_dir();
     let shim = workspace_root().join("target/release/containerd-shim-wasmtime-custom-v1");
-    let runc_shim = containerd_bin_dir("1.7")?.join("containerd-shim-runc-v2");
+    let runc_shim = e2e::containerd::bin_dir("1.7")?.join("containerd-shim-runc-v2");
     let runc = which("runc")?;
     Ok(vec![
         Row::new(
@@ -479,17 +479,6 @@ fn size_rows() -> Result<Vec<Row>> {
             vec![size(&runc_shim)? + size(&runc)?],
         ),
     ])
-}
-
-fn containerd_bin_dir(version: &str) -> Result<PathBuf> {
-    let output = Command::new(workspace_root().join("scripts/containerd.sh"))
-        .args(["bin", version])
-        .output()
-        .context("run scripts/containerd.sh bin")?;
-    if !output.status.success() {
-        bail!("no containerd {version}: {}", String::from_utf8_lossy(&output.stderr).trim());
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
 }
 
 fn which(program: &str) -> Result<PathBuf> {
