@@ -151,6 +151,8 @@ pub struct Report {
     pub redeliveries: u64,
     pub dead_letters: Vec<DeadLetter>,
     pub blob_writes: u64,
+    /// TCP connections the apps opened to the Dapr stand-in.
+    pub standin_connections: u64,
     pub verification: Verification,
     pub refused_calls: Vec<String>,
     /// The flow had not settled when the timeout struck.
@@ -208,6 +210,7 @@ impl Report {
             release_to_blob: Percentiles::of(&blob_times),
             dead_letters: record.dead_letters.clone(),
             blob_writes: record.blob_writes,
+            standin_connections: record.connections,
             verification,
             refused_calls: record.refused_calls.clone(),
             timed_out,
@@ -283,6 +286,11 @@ impl Report {
               rtt: the successful delivery's HTTP round trip)"
                 .to_string(),
         );
+        line(format!(
+            "  connections the apps opened to the Dapr stand-in: {} (for {} binding calls)",
+            self.standin_connections,
+            self.hops[1..].iter().map(|hop| hop.published).sum::<u64>() + self.blob_writes
+        ));
         line(format!("  redeliveries: {}", self.redeliveries));
         line(format!("  dead letters: {}", self.dead_letters.len()));
         for letter in self.dead_letters.iter().take(5) {

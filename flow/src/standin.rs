@@ -133,6 +133,8 @@ pub struct Record {
     pub blobs: HashMap<(String, String), Instant>,
     /// Blob writes, a rewrite of the same blob included.
     pub blob_writes: u64,
+    /// TCP connections the apps opened to the stand-in.
+    pub connections: u64,
     /// Calls to the stand-in's API it refused (malformed, unknown binding).
     pub refused_calls: Vec<String>,
     /// Set when an input binding cannot deliver at all.
@@ -271,6 +273,7 @@ async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     http.keep_alive(true).timer(TokioTimer::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
+        shared.record().connections += 1;
         let shared = shared.clone();
         let service = service_fn(move |request| {
             let shared = shared.clone();

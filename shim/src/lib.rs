@@ -10,6 +10,7 @@ use containerd_shim_wasm::shim::{Compiler, Shim, Version, version};
 mod compiler;
 mod engine;
 mod logs;
+mod outgoing;
 mod run;
 mod sandbox;
 mod serve;

@@ -9,6 +9,7 @@ use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::bindings::Command;
 
+use crate::outgoing::OutgoingHttp;
 use crate::sandbox::{Guest, Host};
 use crate::settings::Settings;
 
@@ -32,7 +33,7 @@ pub async fn command(
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
     let wasi = guest.wasi()?.inherit_stdio().build();
-    let mut store = Store::new(engine, Host::new(wasi, settings.max_memory_bytes));
+    let mut store = Store::new(engine, Host::new(wasi, OutgoingHttp::new(), settings.max_memory_bytes));
     store.limiter(|host| &mut host.limits);
     store.set_epoch_deadline(NO_DEADLINE);
     let command = Command::instantiate_async(&mut store, component, &linker)

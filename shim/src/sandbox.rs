@@ -11,6 +11,8 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::outgoing::OutgoingHttp;
+
 use crate::engine::{self, Workload};
 use crate::settings::Settings;
 use crate::{run, serve};
@@ -104,15 +106,18 @@ impl Guest {
 pub struct Host {
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
+    /// Outgoing HTTP, over the container's connection pool.
+    pub outgoing: OutgoingHttp,
     pub table: ResourceTable,
     pub limits: StoreLimits,
 }
 
 impl Host {
-    pub fn new(wasi: WasiCtx, max_memory_bytes: usize) -> Host {
+    pub fn new(wasi: WasiCtx, outgoing: OutgoingHttp, max_memory_bytes: usize) -> Host {
         Host {
             wasi,
             http: WasiHttpCtx::new(),
+            outgoing,
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new().memory_size(max_memory_bytes).build(),
         }
@@ -127,6 +132,6 @@ impl WasiView for Host {
 
 impl WasiHttpView for Host {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outgoing }
     }
 }

@@ -33,6 +33,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::logs::{TaggedOutput, Target};
+use crate::outgoing::OutgoingHttp;
 use crate::sandbox::{Guest, Host};
 use crate::settings::Settings;
 
@@ -178,6 +179,8 @@ struct Server {
     id_prefix: String,
     next_id: AtomicU64,
     in_flight: AtomicUsize,
+    /// One pool of outgoing connections for all requests.
+    outgoing: OutgoingHttp,
 }
 
 /// Why a request got no answer from the guest.
@@ -202,6 +205,7 @@ impl Server {
             id_prefix: format!("{:08x}", random as u32),
             next_id: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
+            outgoing: OutgoingHttp::new(),
         }
     }
 
@@ -229,7 +233,8 @@ impl Server {
             .stdout(TaggedOutput::new(request_id, Target::Stdout))
             .stderr(TaggedOutput::new(request_id, Target::Stderr))
             .build();
-        let mut store = Store::new(self.pre.engine(), Host::new(wasi, self.settings.max_memory_bytes));
+        let host = Host::new(wasi, self.outgoing.clone(), self.settings.max_memory_bytes);
+        let mut store = Store::new(self.pre.engine(), host);
         store.limiter(|host| &mut host.limits);
         // At every epoch tick a computing guest yields its worker thread, so
         // one busy request cannot stall the others, the probes or a drain;
