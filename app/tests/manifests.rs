@@ -12,22 +12,23 @@
 //! and which bindings it calls come from `app::routes::plan`, so renaming a
 //! route or a binding in the code without the manifests fails here.
 //!
-//! The YAML is read with the same small line-based helpers as
-//! `node-installer/tests/manifests.rs`: enough for `kubectl kustomize`'s
-//! regular output and for hand-written files in block style.
+//! The YAML is read with the line-based helpers of `e2e::manifests`, shared
+//! with `node-installer/tests/manifests.rs`.
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
+
+use e2e::manifests::{
+    child, child_opt, describe, documents, field, items, kustomize, run_tool, scalars, significant_lines,
+    unquote,
+};
 
 use app::routes::{DaprUrl, Plan, plan};
 
 /// Kubernetes release the objects are validated against, as for the node installer.
 const K8S_VERSION: &str = "1.31.0";
-const INSTALL_HINT: &str = "run scripts/install-prerequisites.sh to install it";
 
 const NAMESPACE: &str = "orders";
 const APP_IDS: [&str; 3] = ["distributor", "receiver-express", "receiver-standard"];
@@ -88,7 +89,7 @@ fn kubernetes_objects_pass_schema_validation() {
     fs::write(&file, objects.join("\n---\n") + "\n")
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
     let args = ["--strict".into(), "-k".into(), K8S_VERSION.into(), file.display().to_string()];
-    let output = run("kubernetes-validate", &args);
+    let output = run_tool("kubernetes-validate", &args);
     assert!(
         output.status.success(),
         "kubernetes-validate rejects app/deploy for Kubernetes {K8S_VERSION}; fix the fields it names:\n{}",
@@ -449,112 +450,5 @@ fn deploy_dir() -> PathBuf {
 /// `kubectl kustomize app/deploy`, rendered once per test run.
 fn rendered() -> &'static str {
     static RENDERED: OnceLock<String> = OnceLock::new();
-    RENDERED.get_or_init(|| {
-        let output = run("kubectl", &["kustomize".into(), deploy_dir().display().to_string()]);
-        assert!(
-            output.status.success(),
-            "`kubectl kustomize {}` failed; fix the kustomization:\n{}",
-            deploy_dir().display(),
-            describe(&output)
-        );
-        String::from_utf8(output.stdout).expect("kubectl kustomize prints UTF-8")
-    })
-}
-
-/// Runs `program` to completion; a missing program fails the test with the
-/// way to install it.
-fn run(program: &str, args: &[String]) -> Output {
-    match Command::new(program).args(args).output() {
-        Ok(output) => output,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            panic!("`{program}` is not installed (not found on PATH): {INSTALL_HINT}")
-        }
-        Err(e) => panic!("cannot run `{program}`: {e}"),
-    }
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "{}\n--- stdout ---\n{}--- stderr ---\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-// ---- line-based YAML reading (as in node-installer/tests/manifests.rs) ----
-
-/// The lines of `text` that carry data: no blank lines, no full-line comments.
-fn significant_lines(text: &str) -> Vec<String> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The documents of a multi-document YAML stream.
-fn documents(stream: &str) -> Vec<Vec<String>> {
-    stream.split("\n---\n").map(significant_lines).filter(|doc| !doc.is_empty()).collect()
-}
-
-fn indent(line: &str) -> usize {
-    line.len() - line.trim_start().len()
-}
-
-/// The value of `key` at the top level of `block` (the least indented lines).
-fn field(block: &[String], key: &str) -> Option<String> {
-    let top = block.iter().map(|l| indent(l)).min()?;
-    block
-        .iter()
-        .filter(|l| indent(l) == top)
-        .find_map(|l| Some(unquote(l.trim().strip_prefix(key)?.strip_prefix(':')?.trim())))
-}
-
-/// The lines nested under the top-level `key:` line of `block`; a list
-/// written at the key's own indentation (kubectl's style) belongs to it too.
-fn child_opt(block: &[String], key: &str) -> Option<Vec<String>> {
-    let header = format!("{key}:");
-    let top = block.iter().map(|l| indent(l)).min().unwrap_or(0);
-    let (start, column) = block.iter().enumerate().filter(|(_, l)| indent(l) == top).find_map(|(i, l)| {
-        let text = l.trim_start();
-        let text = text.strip_prefix("- ").map_or(text, str::trim_start);
-        (text == header).then(|| (i, l.len() - text.len()))
-    })?;
-    let nested = block[start + 1..]
-        .iter()
-        .take_while(|l| indent(l) > column || (indent(l) == column && l.trim_start().starts_with("- ")))
-        .cloned()
-        .collect();
-    Some(nested)
-}
-
-fn child(block: &[String], key: &str) -> Vec<String> {
-    child_opt(block, key).unwrap_or_else(|| panic!("no `{key}:` block in:\n{}", block.join("\n")))
-}
-
-/// The items of a block sequence, each with its leading `- ` blanked out so
-/// that the item's keys share one indentation.
-fn items(block: &[String]) -> Vec<Vec<String>> {
-    let Some(column) = block.iter().filter(|l| l.trim_start().starts_with("- ")).map(|l| indent(l)).min()
-    else {
-        return Vec::new();
-    };
-    let mut items: Vec<Vec<String>> = Vec::new();
-    for line in block {
-        if indent(line) == column && line.trim_start().starts_with("- ") {
-            items.push(vec![line.replacen("- ", "  ", 1)]);
-        } else if let Some(item) = items.last_mut() {
-            item.push(line.clone());
-        }
-    }
-    items
-}
-
-/// The values of a block sequence of scalars, e.g. `scopes`.
-fn scalars(block: &[String]) -> Vec<String> {
-    block.iter().filter_map(|l| l.trim().strip_prefix("- ")).map(|v| unquote(v.trim())).collect()
-}
-
-fn unquote(value: &str) -> String {
-    value.trim_matches(|c| c == '"' || c == '\'').to_owned()
+    RENDERED.get_or_init(|| kustomize(&deploy_dir()))
 }

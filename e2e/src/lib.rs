@@ -7,6 +7,7 @@
 
 pub mod containerd;
 pub mod http;
+pub mod manifests;
 pub mod node;
 pub mod standin;
 

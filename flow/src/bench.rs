@@ -151,8 +151,8 @@ pub fn run(settings: &Settings, flow: Options) -> Result<()> {
             .to_string(),
     );
     notes.push(format!(
-        "full flow: stand-in concurrency {} per queue; the Wasm guest opens a new connection per outgoing \
-         request (wasi:http), the native server keeps a pool",
+        "full flow: stand-in concurrency {} per queue, the same orders (same seed) for both; both keep \
+         their connections to the stand-in open (the shim's outgoing pool, the native server's client)",
         flow.standin.concurrency
     ));
 

@@ -11,23 +11,21 @@
 //!
 //! `scripts/install-prerequisites.sh` installs both.
 //!
-//! The YAML is inspected with a few line-based helpers rather than a YAML
-//! crate: they understand just enough (indentation, `key:` blocks and `- `
-//! list items) for the regular output of `kubectl kustomize` and for
-//! hand-written manifests in the same style.
+//! The YAML is inspected with the line-based helpers of `e2e::manifests`
+//! rather than a YAML crate.
 
 use std::fs;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
+
+use e2e::manifests::{
+    child, describe, documents, field, items, kustomize, run_tool, scalars, significant_lines,
+};
 
 /// Kubernetes release the manifests are validated against; an older release
 /// than the newest, so that no field the clusters may lack slips in.
 /// (kubernetes-validate 1.37.0 bundles the schemas of 1.25 to 1.37.)
 const K8S_VERSION: &str = "1.31.0";
-
-const INSTALL_HINT: &str = "run scripts/install-prerequisites.sh to install it";
 
 #[test]
 fn kustomization_renders() {
@@ -55,7 +53,7 @@ fn manifests_are_valid_kubernetes_objects() {
     let files = [rendered_file, root.join("RuntimeClass.yaml"), root.join(EXAMPLE_POD)];
     let mut args = vec!["--strict".into(), "-k".into(), K8S_VERSION.into()];
     args.extend(files.iter().map(|f| f.display().to_string()));
-    let output = run("kubernetes-validate", &args);
+    let output = run_tool("kubernetes-validate", &args);
     assert!(
         output.status.success(),
         "kubernetes-validate rejects the manifests for Kubernetes {K8S_VERSION}; fix the fields it names:\n{}",
@@ -165,53 +163,7 @@ fn workspace_root() -> PathBuf {
 /// `kubectl kustomize node-installer/deploy`, rendered once per test run.
 fn rendered() -> &'static str {
     static RENDERED: OnceLock<String> = OnceLock::new();
-    RENDERED.get_or_init(|| {
-        let deploy = workspace_root().join("node-installer/deploy");
-        let output = run("kubectl", &["kustomize".into(), deploy.display().to_string()]);
-        assert!(
-            output.status.success(),
-            "`kubectl kustomize {}` failed; fix the kustomization:\n{}",
-            deploy.display(),
-            describe(&output)
-        );
-        String::from_utf8(output.stdout).expect("kubectl kustomize prints UTF-8")
-    })
-}
-
-/// Runs `program` to completion; a missing program fails the test with the
-/// way to install it.
-fn run(program: &str, args: &[String]) -> Output {
-    match Command::new(program).args(args).output() {
-        Ok(output) => output,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            panic!("`{program}` is not installed (not found on PATH): {INSTALL_HINT}")
-        }
-        Err(e) => panic!("cannot run `{program}`: {e}"),
-    }
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "{}\n--- stdout ---\n{}--- stderr ---\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-// ---- line-based YAML reading ----
-
-/// The lines of `text` that carry data: no blank lines, no full-line comments.
-fn significant_lines(text: &str) -> Vec<String> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The documents of a multi-document YAML stream.
-fn documents(stream: &str) -> Vec<Vec<String>> {
-    stream.split("\n---\n").map(significant_lines).filter(|doc| !doc.is_empty()).collect()
+    RENDERED.get_or_init(|| kustomize(&workspace_root().join("node-installer/deploy")))
 }
 
 /// The single document of the given `kind` in `stream`.
@@ -220,69 +172,6 @@ fn document(stream: &str, kind: &str) -> Vec<String> {
     let doc = found.next().unwrap_or_else(|| panic!("no {kind} in the rendered manifests"));
     assert!(found.next().is_none(), "more than one {kind} in the rendered manifests");
     doc
-}
-
-fn indent(line: &str) -> usize {
-    line.len() - line.trim_start().len()
-}
-
-/// The value of `key` at the top level of `block` (the least indented lines).
-fn field(block: &[String], key: &str) -> Option<String> {
-    let top = block.iter().map(|l| indent(l)).min()?;
-    block
-        .iter()
-        .filter(|l| indent(l) == top)
-        .find_map(|l| Some(unquote(l.trim().strip_prefix(key)?.strip_prefix(':')?.trim())))
-}
-
-/// The lines nested under the top-level `key:` line of `block`, whether that
-/// key starts a list item (`- key:`) or not. A list written at the key's own
-/// indentation (`key:` then `- item`, kubectl's style) belongs to the key too.
-fn child(block: &[String], key: &str) -> Vec<String> {
-    let header = format!("{key}:");
-    let top = block.iter().map(|l| indent(l)).min().unwrap_or(0);
-    let (start, column) = block
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| indent(l) == top)
-        .find_map(|(i, l)| {
-            let text = l.trim_start();
-            let text = text.strip_prefix("- ").map_or(text, str::trim_start);
-            (text == header).then(|| (i, l.len() - text.len()))
-        })
-        .unwrap_or_else(|| panic!("no `{header}` block in:\n{}", block.join("\n")));
-    block[start + 1..]
-        .iter()
-        .take_while(|l| indent(l) > column || (indent(l) == column && l.trim_start().starts_with("- ")))
-        .cloned()
-        .collect()
-}
-
-/// The items of a block sequence, each with its leading `- ` blanked out so
-/// that the item's keys share one indentation.
-fn items(block: &[String]) -> Vec<Vec<String>> {
-    let Some(column) = block.iter().filter(|l| l.trim_start().starts_with("- ")).map(|l| indent(l)).min()
-    else {
-        return Vec::new();
-    };
-    let mut items: Vec<Vec<String>> = Vec::new();
-    for line in block {
-        if indent(line) == column && line.trim_start().starts_with("- ") {
-            items.push(vec![line.replacen("- ", "  ", 1)]);
-        } else if let Some(item) = items.last_mut() {
-            item.push(line.clone());
-        }
-    }
-    items
-}
-
-/// The values of a block sequence of scalars, e.g. `args` or `verbs`.
-fn scalars(block: &[String]) -> Vec<String> {
-    block.iter().filter_map(|l| l.trim().strip_prefix("- ")).map(|v| unquote(v.trim())).collect()
-}
-
-fn unquote(value: &str) -> String {
-    value.trim_matches(|c| c == '"' || c == '\'').to_owned()
 }
 
 /// Whether a `tolerations` block tolerates the dedicated wasm pool's taint,
