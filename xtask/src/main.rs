@@ -202,8 +202,21 @@ fn target_dir(root: &Path) -> PathBuf {
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status =
-        Command::new(program).current_dir(root).args(args).status().context("could not run cargo")?;
+    let mut command = Command::new(program);
+    // `cargo run` gave this process the variables of the xtask package
+    // (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...). Passed on, they differ from a
+    // plain `cargo build` and dirty the build scripts that watch them (ring's
+    // does): every build would then recompile half the workspace, twice.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let status = command.current_dir(root).args(args).status().context("could not run cargo")?;
     if !status.success() {
         bail!("`cargo {}` failed ({status}); run scripts/install-prerequisites.sh first", args.join(" "));
     }
