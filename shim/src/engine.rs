@@ -36,6 +36,10 @@ pub fn new(max_memory_bytes: usize) -> Result<Engine> {
     pooling.linear_memory_keep_resident(KEEP_RESIDENT_BYTES);
     pooling.table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
     pooling.pagemap_scan(wasmtime::Enabled::Auto);
+    // Reuse the slots a component used before, least recently used first,
+    // instead of warming new ones: the slots ever used (and the memory they
+    // keep resident) stay as many as the most requests ever in flight at once.
+    pooling.max_unused_warm_slots(0);
     match Engine::new(&config(Some(pooling))) {
         Ok(engine) => Ok(engine),
         Err(e) => {
