@@ -89,15 +89,18 @@ async fn serve(settings: Settings) -> Result<ExitCode> {
         .await
         .with_context(|| format!("listen on {}", settings.listen))?;
     eprintln!("order-app-native: serving on http://{}", settings.listen);
-    let server =
-        Arc::new(Server { dapr: settings.dapr, client: Client::builder(TokioExecutor::new()).build_http() });
+    let server = Arc::new(Server { dapr: settings.dapr, client: pooled_client() });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(true).timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors, most likely: do not spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
                 let server = server.clone();
                 let service = service_fn(move |request| {
                     let server = server.clone();
@@ -118,6 +121,17 @@ async fn serve(settings: Settings) -> Result<ExitCode> {
             Ok(ExitCode::from(143))
         }
     }
+}
+
+/// Keep-alive connections to Dapr, set up as the shim's outgoing pool is
+/// (no Nagle delay; idle connections closed before the server closes them).
+fn pooled_client() -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(20))
+        .build(connector)
 }
 
 impl Server {

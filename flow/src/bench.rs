@@ -90,6 +90,12 @@ pub fn median(samples: &[f64]) -> f64 {
 
 const FLAVORS: [Flavor; 2] = [Flavor::Wasm, Flavor::Native];
 
+/// Both flavors, the first one changing with each repeat, so that neither
+/// always runs on a machine the other just warmed (or heated).
+fn in_turn(repeat: usize) -> [Flavor; 2] {
+    if repeat % 2 == 0 { FLAVORS } else { [Flavor::Native, Flavor::Wasm] }
+}
+
 pub fn run(settings: &Settings, flow: Options) -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut rows = Vec::new();
@@ -103,15 +109,15 @@ pub fn run(settings: &Settings, flow: Options) -> Result<()> {
     eprintln!("bench: cold starts");
     rows.extend(cold_start_rows(&containerd, settings)?);
     eprintln!("bench: density");
-    rows.push(density_row(&containerd, settings)?);
+    rows.extend(density_rows(&containerd, settings)?);
     drop(containerd);
     rows.extend(size_rows()?);
 
     eprintln!("bench: the full flow, {} orders, {} runs each", flow.orders, settings.repeats);
     let node = Node::start()?;
     let mut samples: HashMap<Flavor, Vec<f64>> = HashMap::new();
-    for _ in 0..settings.repeats {
-        for flavor in FLAVORS {
+    for repeat in 0..settings.repeats {
+        for flavor in in_turn(repeat) {
             let report = job::run_on(&node, flavor, Options { progress: false, ..flow.clone() })?;
             if !report.ok() {
                 bail!(
@@ -132,18 +138,21 @@ pub fn run(settings: &Settings, flow: Options) -> Result<()> {
     ));
     notes.push(format!(
         "HTTP: wrk -t2 -c{} -d{}s --latency on one app of each kind, {} runs, medians; the POST body is one \
-         generated order, and the Dapr stand-in answers the distributor's output binding",
+         generated order, and the Dapr stand-in (in this process) acknowledges the distributor's output and keeps \
+         nothing",
         settings.connections, settings.wrk_seconds, settings.repeats
     ));
     notes.push(format!(
-        "cold start: ctr run -d to the first 200 on /healthz, {} starts each, medians; the Wasm first start \
-         uses a fresh containerd each time, so nothing is cached",
+        "cold start: ctr run -d to the first 200 on /healthz, {} starts each, medians; first: a fresh \
+         containerd each time (the Wasm compiles; both images just imported); again: the same containerd \
+         after a first start",
         settings.starts
     ));
     notes.push(format!(
         "density: total PSS (/proc/<pid>/smaps_rollup) of every process of {0} running instances (shim \
-         processes and the container's), divided by {0}",
-        settings.instances
+         processes and the container's), divided by {0}; idle after one request, then after a 1 s wrk burst \
+         (-c{1}) on each",
+        settings.instances, settings.connections
     ));
     notes.push(
         "size: app-wasm.tar vs app-native.tar; containerd-shim-wasmtime-custom-v1 vs containerd-shim-runc-v2 \
@@ -160,8 +169,10 @@ pub fn run(settings: &Settings, flow: Options) -> Result<()> {
     let table = render(&results);
     print!("{table}");
     std::fs::create_dir_all(&settings.out).with_context(|| format!("create {}", settings.out.display()))?;
-    std::fs::write(settings.out.join("bench.txt"), &table)?;
-    std::fs::write(settings.out.join("bench.json"), serde_json::to_string_pretty(&results)?)?;
+    let (text, json) = (settings.out.join("bench.txt"), settings.out.join("bench.json"));
+    std::fs::write(&text, &table).with_context(|| format!("write {}", text.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("write {}", json.display()))?;
     println!("written to {}/bench.txt and bench.json", settings.out.display());
     Ok(())
 }
@@ -219,8 +230,9 @@ fn http_rows(containerd: &Containerd, settings: &Settings) -> Result<Vec<Row>> {
     // not delivered: only the ingress route is measured).
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let outbox = tempfile::tempdir()?;
-    let standin =
-        runtime.block_on(StandIn::start(standin::Settings::default(), "127.0.0.1", outbox.path()))?;
+    // A sink: it acknowledges the distributor's output and keeps nothing.
+    let sink = standin::Settings { sink: true, ..standin::Settings::default() };
+    let standin = runtime.block_on(StandIn::start(sink, "127.0.0.1", outbox.path()))?;
     let lua = outbox.path().join("post.lua");
     let order = serde_json::to_string(&crate::orders::generate(1, 1)[0])?;
     std::fs::write(
@@ -238,8 +250,8 @@ fn http_rows(containerd: &Containerd, settings: &Settings) -> Result<Vec<Row>> {
         ports.insert(flavor, (id, port));
     }
     let mut samples: HashMap<(Flavor, &str), Vec<Wrk>> = HashMap::new();
-    for _ in 0..settings.repeats {
-        for flavor in FLAVORS {
+    for repeat in 0..settings.repeats {
+        for flavor in in_turn(repeat) {
             let port = ports[&flavor].1;
             let get = wrk(settings, &format!("http://127.0.0.1:{port}/healthz"), None)?;
             samples.entry((flavor, "get")).or_default().push(get);
@@ -306,6 +318,11 @@ fn wrk(settings: &Settings, url: &str, script: Option<&Path>) -> Result<Wrk> {
 }
 
 fn parse_wrk(text: &str) -> Option<Wrk> {
+    // Timed-out requests are left out of wrk's latencies: a run with socket
+    // errors would make a stalling app look fast.
+    if text.lines().any(|line| line.trim_start().starts_with("Socket errors:")) {
+        return None;
+    }
     if let Some(line) = text.lines().find(|line| line.contains("Non-2xx or 3xx responses")) {
         // Errors are not throughput: a failing app must not look fast.
         let count: u64 = line.split(':').nth(1)?.trim().parse().ok()?;
@@ -370,60 +387,75 @@ fn cold_start_rows(containerd: &Containerd, settings: &Settings) -> Result<Vec<R
         native.push(cold_start(containerd, Flavor::Native, &format!("bench-{run}-native-{i}"))?);
         cached.push(cold_start(containerd, Flavor::Wasm, &format!("bench-{run}-cached-{i}"))?);
     }
-    let mut first = Vec::new();
+    let (mut first, mut native_first) = (Vec::new(), Vec::new());
     for i in 0..settings.starts {
-        // A containerd of its own: no precompiled artifact exists yet.
+        // A containerd of its own: no precompiled artifact exists yet, and
+        // nothing of either image has run on it.
         let fresh = Containerd::start("1.7")?;
         fresh.import("app-wasm.tar", &["--all-platforms"])?;
+        fresh.import("app-native.tar", &[])?;
         first.push(cold_start(&fresh, Flavor::Wasm, &format!("bench-{run}-first-{i}"))?);
+        native_first.push(cold_start(&fresh, Flavor::Native, &format!("bench-{run}-native-first-{i}"))?);
     }
     Ok(vec![
-        Row::new("cold start, Wasm first start (compiles)", "ms", first, native.clone()),
-        Row::new("cold start, Wasm cached artifact", "ms", cached, native),
+        Row::new("cold start, first on a fresh containerd", "ms", first, native_first),
+        Row::new("cold start, again (Wasm: cached artifact)", "ms", cached, native),
     ])
 }
 
-fn density_row(containerd: &Containerd, settings: &Settings) -> Result<Row> {
-    let mut per_instance = HashMap::new();
+fn density_rows(containerd: &Containerd, settings: &Settings) -> Result<Vec<Row>> {
+    let (mut idle, mut loaded) = (HashMap::new(), HashMap::new());
     for flavor in FLAVORS {
-        let ids: Vec<String> = (0..settings.instances)
-            .map(|i| format!("bench-{}-dense-{}-{i}", std::process::id(), flavor.slug()))
-            .collect();
-        for id in &ids {
-            let port = free_port();
-            start(containerd, flavor, id, port, "http://127.0.0.1:1")?;
+        let mut instances = Vec::new();
+        for i in 0..settings.instances {
+            let (id, port) =
+                (format!("bench-{}-dense-{}-{i}", std::process::id(), flavor.slug()), free_port());
+            start(containerd, flavor, &id, port, "http://127.0.0.1:1")?;
             wait_healthy(port, Duration::from_secs(30))?;
+            instances.push((id, port));
         }
-        let mut pids = BTreeSet::new();
-        for id in &ids {
-            pids.extend(processes_of(containerd, id)?);
+        let pss = |label: &str| -> Result<f64> {
+            let mut pids = BTreeSet::new();
+            for (id, _) in &instances {
+                pids.extend(processes_of(containerd, id)?);
+            }
+            let total_mib = pids.iter().filter_map(|pid| pss_kib(*pid)).sum::<u64>() as f64 / 1024.0;
+            eprintln!(
+                "  {} {label}: {} processes for {} instances, total PSS {total_mib:.1} MiB",
+                flavor.slug(),
+                pids.len(),
+                settings.instances
+            );
+            Ok(total_mib / settings.instances as f64)
+        };
+        idle.insert(flavor, pss("idle")?);
+        // A burst of concurrent requests on every instance: memory a runtime
+        // keeps after load (warm instance slots, buffers) shows up here.
+        for (_, port) in &instances {
+            let burst = Settings { wrk_seconds: 1, ..settings.clone() };
+            wrk(&burst, &format!("http://127.0.0.1:{port}/healthz"), None)?;
         }
-        let total_kib: u64 = pids.iter().filter_map(|pid| pss_kib(*pid)).sum();
-        per_instance.insert(flavor, total_kib as f64 / 1024.0 / settings.instances as f64);
-        eprintln!(
-            "  {}: {} processes for {} instances, total PSS {:.1} MiB",
-            flavor.slug(),
-            pids.len(),
-            settings.instances,
-            total_kib as f64 / 1024.0
-        );
-        for id in &ids {
+        loaded.insert(flavor, pss("after a burst")?);
+        for (id, _) in &instances {
             containerd.remove(id)?;
         }
     }
-    Ok(Row::new(
-        format!("density, PSS per instance ({} running)", settings.instances),
-        "MiB",
-        vec![per_instance[&Flavor::Wasm]],
-        vec![per_instance[&Flavor::Native]],
-    ))
+    let row = |label: &str, figures: &HashMap<Flavor, f64>| {
+        Row::new(
+            format!("density, PSS per instance, {} {label}", settings.instances),
+            "MiB",
+            vec![figures[&Flavor::Wasm]],
+            vec![figures[&Flavor::Native]],
+        )
+    };
+    Ok(vec![row("idle", &idle), row("after a wrk burst", &loaded)])
 }
 
 /// The shim's processes for container `id` (a shim is started with
 /// `-id <id>`) and the container's task with its descendants.
 fn processes_of(containerd: &Containerd, id: &str) -> Result<BTreeSet<u32>> {
     let mut pids = BTreeSet::new();
-    for entry in std::fs::read_dir("/proc")? {
+    for entry in std::fs::read_dir("/proc").context("list /proc")? {
         let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
             continue;
         };
@@ -519,6 +551,13 @@ Transfer/sec:    819.00KB
     #[test]
     fn wrk_runs_with_errors_are_refused() {
         let failing = WRK.replace("Requests/sec", "  Non-2xx or 3xx responses: 12\nRequests/sec");
+        assert!(parse_wrk(&failing).is_none());
+    }
+
+    #[test]
+    fn wrk_runs_with_socket_errors_are_refused() {
+        let failing = WRK
+            .replace("Requests/sec", "  Socket errors: connect 0, read 0, write 0, timeout 3\nRequests/sec");
         assert!(parse_wrk(&failing).is_none());
     }
 

@@ -201,7 +201,8 @@ impl<'a> Flow<'a> {
     pub fn start_app(&mut self, role: Role) -> Result<()> {
         let app = self.apps.get_mut(&role).context("every role has an app")?;
         let run = self.flavor.run(&app.id, app.port, &self.standin.url());
-        let mut container = self.node.containerd.run(run)?;
+        let mut container =
+            self.node.containerd.run(run).with_context(|| format!("start {}", role.name()))?;
         container.wait_listening(app.port).with_context(|| format!("start {}", role.name()))?;
         app.container = Some(container);
         Ok(())
@@ -272,7 +273,9 @@ impl<'a> Flow<'a> {
             if let Some(app) = self.apps.get_mut(&role)
                 && let Some(mut container) = app.container.take()
             {
-                container.signal("SIGTERM")?;
+                // An app that crashed has no task left to signal; its exit
+                // code and output still belong in the report.
+                let _ = container.signal("SIGTERM");
                 let code = container.wait(Duration::from_secs(30))?;
                 outputs.push((role.name(), code, container.output()));
             }

@@ -66,6 +66,9 @@ struct FlowArgs {
     /// The longest delay between two deliveries of a message, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     max_backoff_ms: u64,
+    /// Refuse the first N blob writes with 503, as a storage outage would.
+    #[arg(long, default_value_t = 0)]
+    fail_blob_writes: u64,
     /// The longest the flow may take once released, in seconds.
     #[arg(long, default_value_t = 900)]
     timeout_secs: u64,
@@ -85,6 +88,7 @@ impl FlowArgs {
                 max_attempts: self.max_attempts.max(1),
                 backoff: Duration::from_millis(self.backoff_ms),
                 max_backoff: Duration::from_millis(self.max_backoff_ms),
+                failing_blob_writes: self.fail_blob_writes,
                 ..standin::Settings::default()
             },
             timeout: Duration::from_secs(self.timeout_secs),

@@ -138,6 +138,25 @@ mod tests {
     }
 
     #[test]
+    fn orders_serialise_with_the_contracts_field_names() {
+        // Written out by hand from shared/APP-CONTRACT.md, not derived from
+        // `Order`: the generator, the app and the checker share that type.
+        let value = serde_json::to_value(&generate(1, 5)[0]).unwrap();
+        let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut expected =
+            ["orderId", "orderGuid", "description", "firstName", "lastName", "delivery", "items"];
+        expected.sort();
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(keys, expected);
+        assert!(["Express", "Standard"].contains(&value["delivery"].as_str().unwrap()));
+        let item = value["items"][0].as_object().unwrap();
+        let mut item_keys: Vec<&str> = item.keys().map(String::as_str).collect();
+        item_keys.sort();
+        assert_eq!(item_keys, ["orderItemId", "quantity", "sku"]);
+    }
+
+    #[test]
     fn same_seed_same_orders_other_seed_other_orders() {
         assert_eq!(generate(50, 1), generate(50, 1));
         assert_ne!(generate(50, 1), generate(50, 2));

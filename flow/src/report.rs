@@ -151,6 +151,11 @@ pub struct Report {
     pub redeliveries: u64,
     pub dead_letters: Vec<DeadLetter>,
     pub blob_writes: u64,
+    /// Writes of a blob that existed already: a redelivery after the
+    /// receiver's acknowledgement was lost (the blob is the same).
+    pub blob_rewrites: u64,
+    /// Blob writes the stand-in refused on purpose (an injected outage).
+    pub failed_blob_writes: u64,
     /// TCP connections the apps opened to the Dapr stand-in.
     pub standin_connections: u64,
     pub verification: Verification,
@@ -210,6 +215,8 @@ impl Report {
             release_to_blob: Percentiles::of(&blob_times),
             dead_letters: record.dead_letters.clone(),
             blob_writes: record.blob_writes,
+            blob_rewrites: record.blob_writes.saturating_sub(record.blobs.len() as u64),
+            failed_blob_writes: record.failed_blob_writes,
             standin_connections: record.connections,
             verification,
             refused_calls: record.refused_calls.clone(),
@@ -230,6 +237,7 @@ impl Report {
             && v.unexpected_blobs.is_empty()
             && v.poison_forwarded == 0
             && v.poison_dead_lettered == self.poison
+            && self.refused_calls.is_empty()
             && !self.timed_out
     }
 
@@ -290,6 +298,10 @@ impl Report {
             "  connections the apps opened to the Dapr stand-in: {} (for {} binding calls)",
             self.standin_connections,
             self.hops[1..].iter().map(|hop| hop.published).sum::<u64>() + self.blob_writes
+        ));
+        line(format!(
+            "  blob writes: {} ({} rewrites of a blob already written; {} refused on purpose)",
+            self.blob_writes, self.blob_rewrites, self.failed_blob_writes
         ));
         line(format!("  redeliveries: {}", self.redeliveries));
         line(format!("  dead letters: {}", self.dead_letters.len()));

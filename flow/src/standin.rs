@@ -56,6 +56,12 @@ pub struct Settings {
     pub delivery_timeout: Duration,
     /// How long an input binding probes its route before giving up.
     pub probe_timeout: Duration,
+    /// The first this many blob writes answer 503, as a storage outage
+    /// would (the receivers must answer 5xx, and the queue redeliver).
+    pub failing_blob_writes: u64,
+    /// Queue outputs are acknowledged and counted but not kept or delivered
+    /// (for measuring the distributor alone).
+    pub sink: bool,
 }
 
 impl Default for Settings {
@@ -67,6 +73,8 @@ impl Default for Settings {
             max_backoff: Duration::from_secs(2),
             delivery_timeout: Duration::from_secs(30),
             probe_timeout: Duration::from_secs(60),
+            failing_blob_writes: 0,
+            sink: false,
         }
     }
 }
@@ -133,6 +141,8 @@ pub struct Record {
     pub blobs: HashMap<(String, String), Instant>,
     /// Blob writes, a rewrite of the same blob included.
     pub blob_writes: u64,
+    /// Blob writes refused on purpose (`Settings::failing_blob_writes`).
+    pub failed_blob_writes: u64,
     /// TCP connections the apps opened to the stand-in.
     pub connections: u64,
     /// Calls to the stand-in's API it refused (malformed, unknown binding).
@@ -169,8 +179,9 @@ struct Shared {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
-/// The running stand-in. Its tasks run on the tokio runtime it was started
-/// on and end when it is dropped.
+/// The running stand-in, on the tokio runtime it was started on. Dropping it
+/// stops accepting and delivering; deliveries and redeliveries already under
+/// way end with that runtime.
 pub struct StandIn {
     address: SocketAddr,
     shared: Arc<Shared>,
@@ -187,7 +198,7 @@ impl StandIn {
         let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
             .with_context(|| format!("bind the Dapr stand-in on {ip}"))?;
-        let address = listener.local_addr()?;
+        let address = listener.local_addr().context("the stand-in's address")?;
         let (mut senders, mut receivers) = (BTreeMap::new(), HashMap::new());
         let mut record = Record::default();
         for queue in [INGRESS.queue, EXPRESS_IN.queue, STANDARD_IN.queue] {
@@ -204,7 +215,7 @@ impl StandIn {
             record: Mutex::new(record),
             pending: AtomicI64::new(0),
             blob_sequence: AtomicU64::new(0),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: pooled_client(),
         });
         let server = tokio::spawn(accept(listener, shared.clone()));
         Ok(StandIn { address, shared, tasks: vec![server] })
@@ -272,7 +283,11 @@ async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(true).timer(TokioTimer::new());
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, most likely: do not spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
         shared.record().connections += 1;
         let shared = shared.clone();
         let service = service_fn(move |request| {
@@ -299,6 +314,12 @@ impl Shared {
 
     fn publish(&self, queue: &str, body: Bytes) -> Result<()> {
         let sender = self.senders.get(queue).with_context(|| format!("the stand-in has no queue {queue}"))?;
+        if self.settings.sink && queue != INGRESS.queue {
+            let mut record = self.record();
+            let stats = record.queues.get_mut(queue).context("every queue has its figures")?;
+            stats.published += 1;
+            return Ok(());
+        }
         let order_id = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|value| value.get("orderId").and_then(serde_json::Value::as_u64));
@@ -480,8 +501,19 @@ impl Shared {
                 return self.refuse(StatusCode::BAD_REQUEST, "ERR_INVOKE_OUTPUT_BINDING", reason);
             }
         };
-        let dir = self.outbox_root.join(binding);
         let sequence = self.blob_sequence.fetch_add(1, Ordering::SeqCst);
+        if sequence < self.settings.failing_blob_writes {
+            self.record().failed_blob_writes += 1;
+            let mut response = json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({ "errorCode": "ERR_INVOKE_OUTPUT_BINDING", "message": "injected outage" }),
+            );
+            response
+                .headers_mut()
+                .insert("x-stand-in", "injected-failure".parse().expect("a valid header value"));
+            return response;
+        }
+        let dir = self.outbox_root.join(binding);
         let written = tokio::task::spawn_blocking({
             let name = name.clone();
             move || write_atomically(&dir, &name, sequence, &data)
@@ -524,6 +556,17 @@ impl Shared {
             "extended": { "standIn": "wasmtime-custom's local bindings stand-in for Dapr" },
         })
     }
+}
+
+/// Keep-alive connections to the apps; idle ones are closed before the
+/// apps' servers close them (30 s), so no delivery goes out on a closing one.
+fn pooled_client() -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(20))
+        .build(connector)
 }
 
 /// The delay before redelivering a message that failed `failures` times.

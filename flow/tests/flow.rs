@@ -84,6 +84,10 @@ fn a_receiver_killed_mid_run_gets_its_orders_redelivered_and_none_is_lost() -> R
     let mut options = options(1500);
     // Slow enough that the kill lands while orders are still flowing.
     options.standin.concurrency = 2;
+    // However long the restart takes on a loaded machine, no order may run
+    // out of attempts meanwhile: this test is about redelivery, not dead letters.
+    options.standin.max_attempts = 10_000;
+    options.standin.max_backoff = Duration::from_millis(500);
     let mut flow = Flow::start(&node, Flavor::Wasm, options)?;
     flow.release()?;
     flow.wait_until(|p| p.blobs >= 100)?;
@@ -93,9 +97,27 @@ fn a_receiver_killed_mid_run_gets_its_orders_redelivered_and_none_is_lost() -> R
     assert!(down.blobs < 1500, "the flow ended before the receiver was killed; nothing was tested");
     flow.start_app(Role::ReceiverExpress)?;
     let report = flow.finish()?;
+    assert!(report.redeliveries < 10_000, "{}", report.render());
     assert_exactly_once(&report);
     let express = &report.hops[1];
     assert!(express.redeliveries >= 3, "{}", report.render());
     assert!(report.dead_letters.is_empty(), "{}", report.render());
+    Ok(())
+}
+
+#[test]
+fn a_blob_storage_outage_is_answered_5xx_and_redelivered_not_lost() -> Result<()> {
+    let node = Node::start()?;
+    let mut options = options(200);
+    options.standin.failing_blob_writes = 40;
+    options.standin.backoff = Duration::from_millis(20);
+    let report = job::run_on(&node, Flavor::Wasm, options)?;
+    let text = report.render();
+    assert_exactly_once(&report);
+    assert_eq!(report.failed_blob_writes, 40, "{text}");
+    // Each refused write made a receiver answer 502, and its queue redeliver.
+    let receivers: u64 = report.hops[1..].iter().map(|hop| hop.redeliveries).sum();
+    assert_eq!(receivers, 40, "{text}");
+    assert_eq!(report.hops[0].redeliveries, 0, "{text}");
     Ok(())
 }
