@@ -179,10 +179,10 @@ pub fn run(settings: &Settings, flow: Options) -> Result<()> {
 
 fn render(results: &Results) -> String {
     let mut out = format!("machine: {}\ncommand: {}\n\n", results.machine, results.command);
-    out.push_str(&format!("{:<44} {:>12} {:>12} {:>12}  unit\n", "row", "wasm", "native", "wasm/native"));
+    out.push_str(&format!("{:<50} {:>12} {:>12} {:>12}  unit\n", "row", "wasm", "native", "wasm/native"));
     for row in &results.rows {
         out.push_str(&format!(
-            "{:<44} {:>12} {:>12} {:>12.2}  {}\n",
+            "{:<50} {:>12} {:>12} {:>12.2}  {}\n",
             row.name,
             figure(row.wasm),
             figure(row.native),
