@@ -244,17 +244,17 @@ impl<'a> Flow<'a> {
         let mut bar = Bar::new(self.options.progress, self.orders.len());
         loop {
             let progress = self.progress();
-            bar.draw(&progress, released.elapsed());
             if done(&progress) {
-                bar.finish();
+                bar.finish(&progress, released.elapsed());
                 return Ok(progress);
             }
+            bar.draw(&progress, released.elapsed());
             if let Some(fatal) = self.standin.fatal() {
-                bar.finish();
+                bar.finish(&progress, released.elapsed());
                 bail!("the flow cannot run: {fatal}");
             }
             if released.elapsed() > self.options.timeout {
-                bar.finish();
+                bar.finish(&progress, released.elapsed());
                 return Ok(progress);
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -311,7 +311,22 @@ impl Bar {
 
     fn draw(&mut self, progress: &Progress, elapsed: Duration) {
         let every = if self.terminal { Duration::from_millis(100) } else { Duration::from_secs(5) };
-        if !self.enabled || self.last.is_some_and(|last| last.elapsed() < every) {
+        if self.last.is_some_and(|last| last.elapsed() < every) {
+            return;
+        }
+        self.show(progress, elapsed);
+    }
+
+    /// The last state, always shown, and the end of the line.
+    fn finish(&mut self, progress: &Progress, elapsed: Duration) {
+        self.show(progress, elapsed);
+        if self.enabled && self.terminal {
+            eprintln!();
+        }
+    }
+
+    fn show(&mut self, progress: &Progress, elapsed: Duration) {
+        if !self.enabled {
             return;
         }
         self.last = Some(Instant::now());
@@ -330,12 +345,6 @@ impl Bar {
         );
         let mut stderr = std::io::stderr();
         let _ = if self.terminal { write!(stderr, "\r{line}\x1b[K") } else { writeln!(stderr, "{line}") };
-    }
-
-    fn finish(&mut self) {
-        if self.enabled && self.terminal {
-            eprintln!();
-        }
     }
 }
 
