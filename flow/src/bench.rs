@@ -93,7 +93,7 @@ const FLAVORS: [Flavor; 2] = [Flavor::Wasm, Flavor::Native];
 /// Both flavors, the first one changing with each repeat, so that neither
 /// always runs on a machine the other just warmed (or heated).
 fn in_turn(repeat: usize) -> [Flavor; 2] {
-    if repeat % 2 == 0 { FLAVORS } else { [Flavor::Native, Flavor::Wasm] }
+    if repeat.is_multiple_of(2) { FLAVORS } else { [Flavor::Native, Flavor::Wasm] }
 }
 
 pub fn run(settings: &Settings, flow: Options) -> Result<()> {

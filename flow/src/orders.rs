@@ -74,7 +74,7 @@ pub fn generate(count: u32, seed: u64) -> Vec<Order> {
     (1..=count)
         .map(|order_id| {
             let description = (0..5).map(|_| rng.pick(&WORDS)).collect::<Vec<_>>().join("-");
-            let delivery = if rng.next() % 2 == 0 { Delivery::Express } else { Delivery::Standard };
+            let delivery = if rng.next().is_multiple_of(2) { Delivery::Express } else { Delivery::Standard };
             let items = (1..=rng.between(1, 10))
                 .map(|order_item_id| OrderItem {
                     order_item_id,
