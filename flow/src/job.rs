@@ -89,7 +89,7 @@ impl Role {
     }
 
     /// The input binding that delivers to this role.
-    fn input(self) -> InputBinding {
+    pub fn input(self) -> InputBinding {
         match self {
             Role::Distributor => standin::INGRESS,
             Role::ReceiverExpress => standin::EXPRESS_IN,

@@ -11,7 +11,7 @@ use app::order::Order;
 use e2e::containerd::Containerd;
 use serde::Serialize;
 
-use crate::job::{Flavor, Options};
+use crate::job::{Flavor, Options, Role};
 use crate::standin::{self, DeadLetter, Record};
 
 /// The outcome of checking the outboxes against the orders.
@@ -182,24 +182,21 @@ impl Report {
         let blob_times: Vec<Duration> =
             record.blobs.values().map(|written| written.saturating_duration_since(released)).collect();
         let seconds = blob_times.iter().max().copied().unwrap_or_default().as_secs_f64();
-        let hops = [
-            (standin::INGRESS, "distributor"),
-            (standin::EXPRESS_IN, "receiver-express"),
-            (standin::STANDARD_IN, "receiver-standard"),
-        ]
-        .iter()
-        .filter_map(|(binding, app)| {
-            let stats = record.queues.get(binding.queue)?;
-            Some(Hop {
-                hop: format!("{} -> {app}", binding.queue),
-                published: stats.published,
-                delivered: stats.delivered,
-                redeliveries: stats.redeliveries,
-                queue_to_ack: Percentiles::of(&stats.waits),
-                round_trip: Percentiles::of(&stats.round_trips),
+        let hops = Role::ALL
+            .iter()
+            .filter_map(|role| {
+                let queue = role.input().queue;
+                let stats = record.queues.get(queue)?;
+                Some(Hop {
+                    hop: format!("{queue} -> {}", role.name()),
+                    published: stats.published,
+                    delivered: stats.delivered,
+                    redeliveries: stats.redeliveries,
+                    queue_to_ack: Percentiles::of(&stats.waits),
+                    round_trip: Percentiles::of(&stats.round_trips),
+                })
             })
-        })
-        .collect::<Vec<_>>();
+            .collect::<Vec<_>>();
         Report {
             flavor,
             runtime: flavor.describe(),

@@ -228,7 +228,8 @@ impl StandIn {
 
     /// Puts a message on `queue`, as a producer outside the flow would.
     pub fn publish(&self, queue: &str, body: Vec<u8>) -> Result<()> {
-        self.shared.publish(queue, Bytes::from(body))
+        let order_id = serde_json::from_slice::<serde_json::Value>(&body).ok().as_ref().and_then(order_id);
+        self.shared.publish(queue, Bytes::from(body), order_id)
     }
 
     /// Starts delivering `binding`'s queue to the app at `app_url`
@@ -312,7 +313,8 @@ impl Shared {
         self.record.lock().expect("stand-in lock")
     }
 
-    fn publish(&self, queue: &str, body: Bytes) -> Result<()> {
+    /// Puts `body` on `queue`; `order_id` is the body's `orderId`, if any.
+    fn publish(&self, queue: &str, body: Bytes, order_id: Option<u64>) -> Result<()> {
         let sender = self.senders.get(queue).with_context(|| format!("the stand-in has no queue {queue}"))?;
         if self.settings.sink && queue != INGRESS.queue {
             let mut record = self.record();
@@ -320,9 +322,6 @@ impl Shared {
             stats.published += 1;
             return Ok(());
         }
-        let order_id = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|value| value.get("orderId").and_then(serde_json::Value::as_u64));
         {
             let mut record = self.record();
             let stats = record.queues.get_mut(queue).context("every queue has its figures")?;
@@ -477,7 +476,7 @@ impl Shared {
         }
         let data = Bytes::from(serde_json::to_vec(&invocation.data).expect("a JSON value serialises"));
         if let Some((_, queue)) = QUEUE_OUTPUTS.iter().find(|(name, _)| *name == binding) {
-            return match self.publish(queue, data) {
+            return match self.publish(queue, data, order_id(&invocation.data)) {
                 Ok(()) => empty(StatusCode::NO_CONTENT),
                 Err(e) => {
                     self.refuse(StatusCode::INTERNAL_SERVER_ERROR, "ERR_INVOKE_OUTPUT_BINDING", e.to_string())
@@ -573,6 +572,11 @@ fn pooled_client() -> Client<HttpConnector, Full<Bytes>> {
 fn backoff(settings: &Settings, failures: u32) -> Duration {
     let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
     settings.backoff.saturating_mul(factor).min(settings.max_backoff)
+}
+
+/// The `orderId` of a message, if it has one.
+fn order_id(message: &serde_json::Value) -> Option<u64> {
+    message.get("orderId").and_then(serde_json::Value::as_u64)
 }
 
 /// A blob name the stand-in accepts: one path component, no tricks.
