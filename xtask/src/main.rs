@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
+use oci_spec::image::Arch;
 
 mod guests;
 mod oci;
@@ -223,12 +224,12 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The OCI name of this machine's architecture: plain images are built for
-/// the machine that builds them.
-fn oci_arch() -> Result<&'static str> {
+/// The OCI architecture of this machine: plain images are built for the
+/// machine that builds them.
+fn oci_arch() -> Result<Arch> {
     match std::env::consts::ARCH {
-        "x86_64" => Ok("amd64"),
-        "aarch64" => Ok("arm64"),
+        "x86_64" => Ok(Arch::Amd64),
+        "aarch64" => Ok(Arch::ARM64),
         other => bail!("no OCI architecture name known for {other}"),
     }
 }
