@@ -5,6 +5,8 @@
 //! Also classifies what an image holds (HTTP component, command component,
 //! core module) with errors that say what is wrong with it.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, bail};
 use containerd_shim_wasm::sandbox::context::WasmBinaryType;
 use wasmtime::component::Component;
@@ -14,6 +16,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAlloca
 const KEEP_RESIDENT_BYTES: usize = 2 << 20;
 /// Table memory kept resident per pool slot between requests.
 const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
+
+/// How often the engine's epoch advances (see [`start_epoch_ticker`]).
+const EPOCH_TICK: Duration = Duration::from_millis(100);
 
 /// Builds the engine. `max_memory_bytes` bounds one instance's linear memory
 /// when the pooling allocator is in use (it has no effect on compiled code).
@@ -54,12 +59,28 @@ pub fn new(max_memory_bytes: usize) -> Result<Engine> {
 fn config(pooling: Option<PoolingAllocationConfig>) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
-    // Lets the HTTP server stop a request that computes forever (see serve.rs).
+    // Guest code checks the epoch: a computing guest yields its thread at
+    // every tick, so the HTTP server can stop a request past its timeout
+    // (serve.rs) and a signal can stop a command that never calls the host
+    // (run.rs).
     config.epoch_interruption(true);
     if let Some(pooling) = pooling {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     }
     config
+}
+
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] for the life of the
+/// process. The container process runs one guest workload, so it starts
+/// this once (the precompiler in the shim process runs no guest code).
+pub fn start_epoch_ticker(engine: &Engine) {
+    let engine = engine.clone();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(EPOCH_TICK);
+            engine.increment_epoch();
+        }
+    });
 }
 
 /// What an image's Wasm turned out to be.

@@ -9,12 +9,15 @@ use containerd_shim_wasm::shim::{Compiler, Shim, Version, version};
 
 mod compiler;
 mod engine;
+mod guest_setup;
 mod logs;
 mod outgoing;
 mod run;
 mod sandbox;
 mod serve;
 mod settings;
+mod signals;
+mod store_state;
 
 pub use compiler::Precompiler;
 pub use sandbox::WasmtimeSandbox;

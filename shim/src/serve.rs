@@ -24,7 +24,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
@@ -32,47 +31,28 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::guest_setup::GuestSetup;
 use crate::logs::{TaggedOutput, Target};
 use crate::outgoing::OutgoingHttp;
-use crate::sandbox::{Guest, Host};
 use crate::settings::Settings;
+use crate::signals::Signals;
+use crate::store_state::StoreState;
 
 /// Exit code when the server was stopped before every request finished
 /// (second signal, or grace period over): 128 + SIGTERM.
 pub const EXIT_CUT_SHORT: i32 = 143;
 
-/// How often the engine's epoch advances; the request timeout is counted in
-/// these ticks to stop a guest that computes without ever yielding.
-const EPOCH_TICK: Duration = Duration::from_millis(100);
-
 /// The response header carrying the id that tags the request's log lines.
 const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// SIGTERM and SIGINT, watched from the container's start: the process is
-/// PID 1 of its PID namespace, so a signal that comes before a handler
-/// exists would be dropped (and the kubelet would wait out its grace period).
-pub struct Signals {
-    terminate: Signal,
-    interrupt: Signal,
-}
-
-impl Signals {
-    pub fn watch() -> Result<Signals> {
-        Ok(Signals {
-            terminate: signal(SignalKind::terminate()).context("could not watch SIGTERM")?,
-            interrupt: signal(SignalKind::interrupt()).context("could not watch SIGINT")?,
-        })
-    }
-}
 
 pub async fn serve(
     engine: &Engine,
     component: &Component,
-    guest: &Guest,
+    setup: &GuestSetup,
     settings: &Settings,
-    signals: Signals,
+    mut signals: Signals,
 ) -> Result<i32> {
-    let mut linker = Linker::<Host>::new(engine);
+    let mut linker = Linker::<StoreState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
     let pre = linker
@@ -86,7 +66,7 @@ pub async fn serve(
     // Everything that can be checked is checked before listening: a broken
     // container fails its start instead of its first request. That includes
     // one instantiation (the memory limit, the instance pool).
-    let server = Arc::new(Server::new(pre, guest, settings));
+    let server = Arc::new(Server::new(pre, setup, settings));
     let mut store = server.new_store("start-up")?;
     server
         .pre
@@ -98,11 +78,9 @@ pub async fn serve(
     let listener = TcpListener::bind(settings.listen).await.with_context(|| {
         format!("could not listen on {} (set {} to a free address)", settings.listen, crate::settings::LISTEN)
     })?;
-    start_epoch_ticker(engine.clone());
     eprintln!("wasmtime-custom: serving on http://{}", settings.listen);
     log::info!("serving on http://{}", settings.listen);
 
-    let Signals { mut terminate, mut interrupt } = signals;
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     // The timer bounds how long a client may take to send a request's head,
@@ -131,16 +109,16 @@ pub async fn serve(
                     }
                 });
             }
-            _ = terminate.recv() => break "SIGTERM",
-            _ = interrupt.recv() => break "SIGINT",
+            signal = signals.next() => break signal,
         }
     };
 
     drop(listener);
     let in_flight = server.in_flight.load(Ordering::SeqCst);
     eprintln!(
-        "wasmtime-custom: {stopped_by}: stopped accepting; {in_flight} request(s) in flight, \
+        "wasmtime-custom: {}: stopped accepting; {in_flight} request(s) in flight, \
          waiting up to {}s for them",
+        stopped_by.name(),
         settings.grace.as_secs()
     );
     let cut_short = |why: &str| {
@@ -155,25 +133,14 @@ pub async fn serve(
             0
         }
         _ = tokio::time::sleep(settings.grace) => cut_short("grace period over"),
-        _ = terminate.recv() => cut_short("second signal (SIGTERM)"),
-        _ = interrupt.recv() => cut_short("second signal (SIGINT)"),
+        second = signals.next() => cut_short(&format!("second signal ({})", second.name())),
     };
     Ok(code)
 }
 
-/// Advances the engine's epoch for the life of the process.
-fn start_epoch_ticker(engine: Engine) {
-    std::thread::spawn(move || {
-        loop {
-            std::thread::sleep(EPOCH_TICK);
-            engine.increment_epoch();
-        }
-    });
-}
-
 struct Server {
-    pre: ProxyPre<Host>,
-    guest: Guest,
+    pre: ProxyPre<StoreState>,
+    setup: GuestSetup,
     settings: Settings,
     /// Random per process, so ids from different replicas do not collide.
     id_prefix: String,
@@ -196,11 +163,11 @@ enum Failure {
 }
 
 impl Server {
-    fn new(pre: ProxyPre<Host>, guest: &Guest, settings: &Settings) -> Server {
+    fn new(pre: ProxyPre<StoreState>, setup: &GuestSetup, settings: &Settings) -> Server {
         let random = RandomState::new().build_hasher().finish();
         Server {
             pre,
-            guest: guest.clone(),
+            setup: setup.clone(),
             settings: settings.clone(),
             id_prefix: format!("{:08x}", random as u32),
             next_id: AtomicU64::new(1),
@@ -226,16 +193,16 @@ impl Server {
 
     /// The one place a request's world is built: its WASI context with
     /// tagged output, its memory limit and its CPU deadline.
-    fn new_store(&self, request_id: &str) -> Result<Store<Host>> {
+    fn new_store(&self, request_id: &str) -> Result<Store<StoreState>> {
         let wasi = self
-            .guest
+            .setup
             .wasi()?
             .stdout(TaggedOutput::new(request_id, Target::Stdout))
             .stderr(TaggedOutput::new(request_id, Target::Stderr))
             .build();
-        let host = Host::new(wasi, self.outgoing.clone(), self.settings.max_memory_bytes);
-        let mut store = Store::new(self.pre.engine(), host);
-        store.limiter(|host| &mut host.limits);
+        let state = StoreState::new(wasi, self.outgoing.clone(), self.settings.max_memory_bytes);
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.limits);
         // At every epoch tick a computing guest yields its worker thread, so
         // one busy request cannot stall the others, the probes or a drain;
         // past the request timeout it is stopped.
