@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::host::Host;
+use crate::node_root::NodeRoot;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
@@ -27,23 +27,29 @@ pub struct Installed {
 }
 
 /// Installs `source` (a path in the installer's view) as `dir/name` on the node.
-pub fn install(host: &Host, source: &Path, dir: &Path, name: &str, dry_run: bool) -> Result<Installed> {
+pub fn install(
+    node_root: &NodeRoot,
+    source: &Path,
+    dir: &Path,
+    name: &str,
+    dry_run: bool,
+) -> Result<Installed> {
     let bytes = std::fs::read(source)
         .with_context(|| format!("could not read the shim to install, {} (see --shim)", source.display()))?;
     let sha256 = sha256_hex(&bytes);
     let target = dir.join(name);
-    let current = std::fs::read(host.path(&target)).ok();
+    let current = std::fs::read(node_root.path(&target)).ok();
     if current.as_deref().map(sha256_hex).as_deref() == Some(&sha256) {
-        let version = version_on_node(host, &target)?;
+        let version = version_on_node(node_root, &target)?;
         return Ok(Installed { path: target, sha256, version, changed: false });
     }
     if dry_run {
         return Ok(Installed { path: target, sha256, version: "(not run: --dry-run)".into(), changed: true });
     }
-    std::fs::create_dir_all(host.path(dir))
+    std::fs::create_dir_all(node_root.path(dir))
         .with_context(|| format!("could not create {} on the node", dir.display()))?;
     let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let temp_local = host.path(&temp);
+    let temp_local = node_root.path(&temp);
     let result = (|| {
         let mut file = std::fs::File::create(&temp_local)
             .with_context(|| format!("could not create {}", temp_local.display()))?;
@@ -53,11 +59,11 @@ pub fn install(host: &Host, source: &Path, dir: &Path, name: &str, dry_run: bool
         drop(file);
         // Before it replaces anything: it must run on this node (CPU
         // architecture, libc, libseccomp).
-        let version = version_on_node(host, &temp)?;
-        std::fs::rename(&temp_local, host.path(&target))
+        let version = version_on_node(node_root, &temp)?;
+        std::fs::rename(&temp_local, node_root.path(&target))
             .with_context(|| format!("could not move the shim into place at {}", target.display()))?;
-        sync_dir(&host.path(dir))?;
-        let written = std::fs::read(host.path(&target))?;
+        sync_dir(&node_root.path(dir))?;
+        let written = std::fs::read(node_root.path(&target))?;
         if sha256_hex(&written) != sha256 {
             bail!("{} does not have the expected sha256 {sha256} after writing", target.display());
         }
@@ -70,8 +76,8 @@ pub fn install(host: &Host, source: &Path, dir: &Path, name: &str, dry_run: bool
 }
 
 /// Runs the shim's `-v` on the node; the error says what usually causes it.
-pub fn version_on_node(host: &Host, binary: &Path) -> Result<String> {
-    let output = host.run(binary, &["-v"]).with_context(|| {
+pub fn version_on_node(node_root: &NodeRoot, binary: &Path) -> Result<String> {
+    let output = node_root.run(binary, &["-v"]).with_context(|| {
         format!(
             "the shim does not run on this node ({}): wrong CPU architecture, or a missing library \
              (it needs glibc and libseccomp.so.2)",
@@ -85,8 +91,8 @@ pub fn version_on_node(host: &Host, binary: &Path) -> Result<String> {
 
 /// Removes the binary unless a running process uses it; `Ok(false)` (with
 /// the reason printed) when it was kept.
-pub fn remove(host: &Host, binary: &Path) -> Result<bool> {
-    let local = host.path(binary);
+pub fn remove(node_root: &NodeRoot, binary: &Path) -> Result<bool> {
+    let local = node_root.path(binary);
     if !local.exists() {
         return Ok(true);
     }

@@ -12,7 +12,7 @@
 //! over v3 tables), and Go templates (k3s/RKE2 `config.toml.tmpl`), whose
 //! template lines are set aside while the TOML around them is read.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context, Result, bail};
 use toml_edit::{DocumentMut, Item, Table, value};
 
 /// The runtime to register.
@@ -46,7 +46,7 @@ pub struct Edit {
 
 /// What an edit needs besides the file's text.
 #[derive(Debug, Clone, Default)]
-pub struct Context {
+pub struct EditInputs {
     /// The config version of what a template's base renders to (a template
     /// may not say it itself).
     pub base_version: Option<i64>,
@@ -63,13 +63,13 @@ pub struct Context {
 /// Adds the runtime to `text`, or brings an existing entry up to date. The
 /// installer's previous block, if any, is replaced; everything else stays
 /// byte for byte. A file that does not parse is an error.
-pub fn install(text: &str, runtime: &Runtime, context: &Context) -> Result<Edit> {
+pub fn install(text: &str, runtime: &Runtime, inputs: &EditInputs) -> Result<Edit> {
     if runtime.name == "runc" {
         bail!("the runtime name `runc` is containerd's default runtime; choose another name");
     }
     let without_ours = remove_blocks(text)?;
     let (mut doc, template_lines) = parse(&without_ours)?;
-    let version = config_version(&doc, context.base_version)?;
+    let version = config_version(&doc, inputs.base_version)?;
     let mut places = runc_places(&doc);
     let mut block = String::new();
     if places.is_empty() {
@@ -77,8 +77,8 @@ pub fn install(text: &str, runtime: &Runtime, context: &Context) -> Result<Edit>
         // keeps runtimes, with runc made explicit where containerd 1.x would
         // otherwise lose it.
         let place = default_place(version);
-        if version == 2 && !context.base_lists_runc {
-            let runc = context.runc_defaults.as_ref().context(
+        if version == 2 && !inputs.base_lists_runc {
+            let runc = inputs.runc_defaults.as_ref().context(
                 "this version 2 config lists no runc; its resolved runc (from `containerd config dump`) \
                  is needed to keep runc when another runtime is added",
             )?;
@@ -93,7 +93,7 @@ pub fn install(text: &str, runtime: &Runtime, context: &Context) -> Result<Edit>
             .and_then(|runc| runc.get("options"))
             .and_then(|options| options.get("SystemdCgroup"))
             .and_then(Item::as_bool)
-            .or_else(|| context.runc_defaults.as_ref()?.get("options")?.get("SystemdCgroup")?.as_bool());
+            .or_else(|| inputs.runc_defaults.as_ref()?.get("options")?.get("SystemdCgroup")?.as_bool());
         if let Some(existing) = lookup(&doc, place).and_then(|runtimes| runtimes.get(&runtime.name)) {
             // Written by hand (the installer's own block was taken out
             // above): update it where it is, but only if it is this shim;
@@ -392,7 +392,7 @@ mod tests {
     }
 
     fn install(text: &str) -> Result<Edit> {
-        super::install(text, &runtime(), &Context::default())
+        super::install(text, &runtime(), &EditInputs::default())
     }
 
     const V2: &str = "version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n    SystemdCgroup = true\n";
@@ -437,7 +437,7 @@ mod tests {
     fn a_changed_path_replaces_the_block() {
         let once = install(V2).unwrap();
         let moved = Runtime { runtime_path: "/opt/bin/shim".into(), ..runtime() };
-        let edit = super::install(&once.text, &moved, &Context::default()).unwrap();
+        let edit = super::install(&once.text, &moved, &EditInputs::default()).unwrap();
         assert!(edit.changed);
         assert_eq!(
             edit.text,
@@ -488,8 +488,8 @@ mod tests {
             "runtime_type = \"io.containerd.runc.v2\"\nsandbox_mode = \"podsandbox\"\n[options]\nSystemdCgroup = false\n",
         )
         .unwrap();
-        let context = Context { runc_defaults: Some(runc), ..Context::default() };
-        let edit = super::install("version = 2\n", &runtime(), &context).unwrap();
+        let inputs = EditInputs { runc_defaults: Some(runc), ..EditInputs::default() };
+        let edit = super::install("version = 2\n", &runtime(), &inputs).unwrap();
         assert!(edit.text.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\nruntime_type = \"io.containerd.runc.v2\"\nsandbox_mode = \"podsandbox\"\n"), "{}", edit.text);
         assert!(edit.text.contains("SystemdCgroup = false"));
         assert_eq!(uninstall(&edit.text, &runtime()).unwrap().text, "version = 2\n");
@@ -504,7 +504,7 @@ mod tests {
         assert!(err.contains("already registered with runtime_type \"io.containerd.spin.v2\""), "{err}");
         assert!(!uninstall(&text, &runtime()).unwrap().changed, "not ours: left alone");
         let runc = Runtime { name: "runc".into(), ..runtime() };
-        assert!(super::install(V2, &runc, &Context::default()).is_err());
+        assert!(super::install(V2, &runc, &EditInputs::default()).is_err());
     }
 
     #[test]
@@ -524,8 +524,8 @@ mod tests {
         // The version comes from what the base renders to, which the
         // template cannot show: the caller passes it.
         assert!(install(template).is_err());
-        let context = Context { base_version: Some(3), ..Context::default() };
-        let edit = super::install(template, &runtime(), &context).unwrap();
+        let inputs = EditInputs { base_version: Some(3), ..EditInputs::default() };
+        let edit = super::install(template, &runtime(), &inputs).unwrap();
         assert!(edit.text.starts_with(template));
         assert!(
             edit.text

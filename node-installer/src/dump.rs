@@ -8,12 +8,12 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context, Result, bail};
 
-use crate::host::Host;
+use crate::node_root::NodeRoot;
 
 /// containerd's resolved config for `config` (a node path).
-pub fn dump(host: &Host, containerd: &Path, config: &Path) -> Result<toml::Table> {
+pub fn dump(node_root: &NodeRoot, containerd: &Path, config: &Path) -> Result<toml::Table> {
     let config_arg = config.to_str().context("config path is not UTF-8")?;
-    let output = host
+    let output = node_root
         .run(containerd, &["--config", config_arg, "config", "dump"])
         .with_context(|| format!("containerd refuses the config {}", config.display()))?;
     let text = String::from_utf8(output.stdout).context("`config dump` printed non-UTF-8")?;
@@ -22,12 +22,13 @@ pub fn dump(host: &Host, containerd: &Path, config: &Path) -> Result<toml::Table
 
 /// Dumps `text` as a config: writes it to a scratch file in `dir` (a node
 /// folder, so that the node's containerd can read it) and removes it again.
-pub fn dump_text(host: &Host, containerd: &Path, dir: &Path, text: &str) -> Result<toml::Table> {
+pub fn dump_text(node_root: &NodeRoot, containerd: &Path, dir: &Path, text: &str) -> Result<toml::Table> {
     // Not ending in `.toml`: drop-in folders (k0s) import `*.toml`. Mode
     // 0600: a config may hold registry credentials.
     let scratch = dir.join(format!(".wasmtime-custom-candidate-{}", std::process::id()));
-    let local = host.path(&scratch);
-    std::fs::create_dir_all(host.path(dir)).with_context(|| format!("could not create {}", dir.display()))?;
+    let local = node_root.path(&scratch);
+    std::fs::create_dir_all(node_root.path(dir))
+        .with_context(|| format!("could not create {}", dir.display()))?;
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -36,7 +37,7 @@ pub fn dump_text(host: &Host, containerd: &Path, dir: &Path, text: &str) -> Resu
         .open(&local)
         .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
         .with_context(|| format!("could not write {}", local.display()))?;
-    let dumped = dump(host, containerd, &scratch);
+    let dumped = dump(node_root, containerd, &scratch);
     // Best effort: a leftover scratch file is harmless and named as such.
     let _ = std::fs::remove_file(&local);
     dumped

@@ -1,33 +1,33 @@
 //! The three subcommands: `install`, `uninstall`, `status`.
 //!
-//! Order of `install`, each step only if the ones before succeeded: find the
-//! config; work out the edit and check it with the node's own containerd
-//! (`config dump`); put the shim binary in place (checked to run on the
-//! node); write the config atomically, with a backup; restart containerd
-//! only if the config changed; check containerd's health over CRI and roll
-//! back byte for byte if it is not healthy; only then label the node.
+//! Order of `install`, each step only if the ones before succeeded: read the
+//! installer's state (`state`); find the config; work out the edit and check
+//! it with the node's own containerd (`config dump`); put the shim binary in
+//! place (checked to run on the node); write the config atomically, with a
+//! backup; restart containerd only if the config changed; check containerd's
+//! health over CRI and roll back byte for byte if it is not healthy; only
+//! then label the node.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context, Result, bail};
 
-use crate::config::{self, Context, Runtime};
-use crate::host::Host;
+use crate::config::{self, EditInputs, Runtime};
 use crate::layout::{self, ConfigKind, Layout, Overrides};
+use crate::node_root::NodeRoot;
+use crate::state::{self, State};
 use crate::system::{self, Restart};
 use crate::{binary, cri, dump, node};
 
 /// The shim's file name; containerd derives it from the runtime type.
 pub const SHIM_NAME: &str = "containerd-shim-wasmtime-custom-v1";
 pub const RUNTIME_TYPE: &str = "io.containerd.wasmtime-custom.v1";
-/// Where the installer notes what it created, so `uninstall` can undo it.
-const STATE: &str = "/var/lib/wasmtime-custom/installer-state.json";
 
 /// Everything a run needs, from the command line.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub host: Host,
+    pub node_root: NodeRoot,
     pub overrides: Overrides,
     /// The shim to install, in the installer's view.
     pub shim: PathBuf,
@@ -53,7 +53,7 @@ impl Options {
     }
 
     fn socket(&self, layout: &Layout) -> PathBuf {
-        self.host.path(&layout.socket)
+        self.node_root.path(&layout.socket)
     }
 }
 
@@ -73,9 +73,9 @@ struct Current {
 }
 
 fn current(options: &Options) -> Result<Current> {
-    let host = &options.host;
-    let layout = layout::detect(host, &options.overrides)?;
-    println!("containerd config: {} ({}: {})", layout.config.display(), layout.flavor, layout.reason);
+    let node_root = &options.node_root;
+    let layout = layout::detect(node_root, &options.overrides)?;
+    println!("containerd config: {layout}");
     // Known before anything changes: a node that cannot be restarted is
     // refused up front.
     let restart = match (&options.restart_command, &layout.unit) {
@@ -83,32 +83,36 @@ fn current(options: &Options) -> Result<Current> {
         (None, Some(unit)) => Restart::Systemd(unit.clone()),
         (None, None) => bail!(
             "no systemd unit found for {} (looked for its usual units); pass --restart-command",
-            layout.flavor
+            layout.distribution
         ),
     };
-    let default_version = if containerd_major(host, &layout.containerd)? >= 2 { 3 } else { 2 };
-    refuse_symlink(host, &layout.config)?;
-    let text = read_optional(&host.path(&layout.config))?;
+    let default_version = if containerd_major(node_root, &layout.containerd)? >= 2 { 3 } else { 2 };
+    refuse_symlink(node_root, &layout.config)?;
+    let text = read_optional(&node_root.path(&layout.config))?;
     let skeleton = match layout.kind {
         ConfigKind::Template { .. } => "{{ template \"base\" . }}\n".to_string(),
         _ => format!("version = {default_version}\n"),
     };
     let effective = match &layout.kind {
-        ConfigKind::Template { rendered } => read_optional(&host.path(rendered))?
-            .with_context(|| format!("{} has not generated {} yet", layout.flavor, rendered.display()))?,
+        ConfigKind::Template { rendered } => {
+            read_optional(&node_root.path(rendered))?.with_context(|| {
+                format!("{} has not generated {} yet", layout.distribution, rendered.display())
+            })?
+        }
         _ => text.clone().unwrap_or_else(|| skeleton.clone()),
     };
-    let resolved = dump::dump_text(host, &layout.containerd, config_dir(&layout), &effective)
+    let resolved = dump::dump_text(node_root, &layout.containerd, config_dir(&layout), &effective)
         .context("containerd does not accept its current config")?;
     Ok(Current { layout, restart, text, skeleton, effective, resolved, default_version })
 }
 
 pub async fn install(options: &Options) -> Result<()> {
-    let host = &options.host;
-    let _lock = if options.dry_run { None } else { Some(system::lock(host)?) };
+    let node_root = &options.node_root;
+    let _lock = if options.dry_run { None } else { Some(system::lock(node_root)?) };
+    let state = state::read(node_root)?;
     let now = current(options)?;
     let runtime = options.runtime();
-    let context = Context {
+    let inputs = EditInputs {
         base_version: config::version_of(&now.effective)?.or(Some(now.default_version)),
         runc_defaults: dump::runc(&now.resolved),
         // A template's base lists runc itself; a k0s drop-in is merged into
@@ -120,12 +124,12 @@ pub async fn install(options: &Options) -> Result<()> {
         },
     };
     let original = now.text.clone().unwrap_or_else(|| now.skeleton.clone());
-    let edit = config::install(&original, &runtime, &context)?;
+    let edit = config::install(&original, &runtime, &inputs)?;
     let candidate = match now.layout.kind {
-        ConfigKind::Template { .. } => config::install(&now.effective, &runtime, &context)?.text,
+        ConfigKind::Template { .. } => config::install(&now.effective, &runtime, &inputs)?.text,
         _ => edit.text.clone(),
     };
-    let after = dump::dump_text(host, &now.layout.containerd, config_dir(&now.layout), &candidate)
+    let after = dump::dump_text(node_root, &now.layout.containerd, config_dir(&now.layout), &candidate)
         .context("containerd refuses the edited config; nothing was changed")?;
     dump::check_added(&now.resolved, &after, &runtime.name, &runtime.runtime_type, &runtime.runtime_path)
         .context("nothing was changed")?;
@@ -135,7 +139,7 @@ pub async fn install(options: &Options) -> Result<()> {
         runtime.name
     );
 
-    let binary = binary::install(host, &options.shim, &options.install_dir, SHIM_NAME, options.dry_run)?;
+    let binary = binary::install(node_root, &options.shim, &options.install_dir, SHIM_NAME, options.dry_run)?;
     let binary_state = if binary.changed { "installed" } else { "already installed" };
     println!(
         "shim {binary_state}: {} (sha256 {}, version {})",
@@ -145,7 +149,7 @@ pub async fn install(options: &Options) -> Result<()> {
     );
 
     // Created by this run, or by an earlier one (then uninstall removes it).
-    let created = now.text.is_none() || read_state(host).unwrap_or(false);
+    let created = now.text.is_none() || state.is_some_and(|s| s.created(&now.layout.config));
     if options.dry_run {
         if edit.changed {
             print!(
@@ -165,11 +169,11 @@ pub async fn install(options: &Options) -> Result<()> {
 
     if edit.changed {
         if let Some(text) = &now.text {
-            system::write_atomically(host, &backup_path(&now.layout.config), text)?;
+            system::write_atomically(node_root, &backup_path(&now.layout.config), text)?;
         }
-        system::write_atomically(host, &now.layout.config, &edit.text)?;
+        system::write_atomically(node_root, &now.layout.config, &edit.text)?;
         println!("config updated at {} ({})", now.layout.config.display(), edit.places.join(", "));
-        write_state(host, &now.layout.config, created)?;
+        state::write(node_root, &State { config: now.layout.config.clone(), created })?;
         restart_or_roll_back(options, &now, Some(&runtime.name)).await?;
     } else {
         println!("the config already registers {}; containerd not restarted", runtime.name);
@@ -190,8 +194,9 @@ pub async fn install(options: &Options) -> Result<()> {
 }
 
 pub async fn uninstall(options: &Options) -> Result<()> {
-    let host = &options.host;
-    let _lock = if options.dry_run { None } else { Some(system::lock(host)?) };
+    let node_root = &options.node_root;
+    let _lock = if options.dry_run { None } else { Some(system::lock(node_root)?) };
+    let state = state::read(node_root)?;
     // Unlabel first: no new wasm pod should be scheduled here from now on.
     if let (Some(name), false) = (&options.node_name, options.dry_run) {
         node::unmark(&node::client().await?, name).await?;
@@ -205,8 +210,9 @@ pub async fn uninstall(options: &Options) -> Result<()> {
                 ConfigKind::Template { .. } => config::uninstall(&now.effective, &options.runtime())?.text,
                 _ => edit.text.clone(),
             };
-            let after = dump::dump_text(host, &now.layout.containerd, config_dir(&now.layout), &candidate)
-                .context("containerd refuses the config without the runtime; nothing was changed")?;
+            let after =
+                dump::dump_text(node_root, &now.layout.containerd, config_dir(&now.layout), &candidate)
+                    .context("containerd refuses the config without the runtime; nothing was changed")?;
             dump::check_removed(&now.resolved, &after, &options.runtime_name)
                 .context("nothing was changed")?;
             if options.dry_run {
@@ -214,12 +220,13 @@ pub async fn uninstall(options: &Options) -> Result<()> {
                 println!("dry run: nothing was changed");
                 return Ok(());
             }
-            keep_first_backup(host, &now.layout.config, text)?;
-            if read_state(host).is_some_and(|created| created) && edit.text == now.skeleton {
-                system::remove_file(host, &now.layout.config)?;
+            keep_first_backup(node_root, &now.layout.config, text)?;
+            let created = state.is_some_and(|s| s.created(&now.layout.config));
+            if created && edit.text == now.skeleton {
+                system::remove_file(node_root, &now.layout.config)?;
                 println!("removed {} (the installer had created it)", now.layout.config.display());
             } else {
-                system::write_atomically(host, &now.layout.config, &edit.text)?;
+                system::write_atomically(node_root, &now.layout.config, &edit.text)?;
                 println!(
                     "config updated at {} (removed from {})",
                     now.layout.config.display(),
@@ -229,7 +236,7 @@ pub async fn uninstall(options: &Options) -> Result<()> {
             restart_or_roll_back(options, &now, None).await?;
             // containerd runs healthy on the config as it was before the
             // install: the installer's backup of it goes too.
-            system::remove_file(host, &backup_path(&now.layout.config))?;
+            system::remove_file(node_root, &backup_path(&now.layout.config))?;
         } else {
             println!("the config does not register {}; containerd not restarted", options.runtime_name);
         }
@@ -238,27 +245,25 @@ pub async fn uninstall(options: &Options) -> Result<()> {
         println!("dry run: nothing was changed");
         return Ok(());
     }
-    if binary::remove(host, &options.install_dir.join(SHIM_NAME))? {
+    if binary::remove(node_root, &options.install_dir.join(SHIM_NAME))? {
         println!("removed {}", options.install_dir.join(SHIM_NAME).display());
     }
-    system::remove_file(host, Path::new(STATE))?;
-    // Its folder too, once empty (another file there is not ours to remove).
-    let _ = std::fs::remove_dir(host.path(Path::new(STATE).parent().unwrap_or(Path::new("/"))));
+    state::remove(node_root)?;
     Ok(())
 }
 
 /// Prints what is installed; `Ok(true)` when everything is in place and healthy.
 pub async fn status(options: &Options) -> Result<bool> {
-    let host = &options.host;
-    let layout = layout::detect(host, &options.overrides)?;
-    println!("containerd config: {} ({}: {})", layout.config.display(), layout.flavor, layout.reason);
-    let text = read_optional(&host.path(&layout.config))?.unwrap_or_default();
+    let node_root = &options.node_root;
+    let layout = layout::detect(node_root, &options.overrides)?;
+    println!("containerd config: {layout}");
+    let text = read_optional(&node_root.path(&layout.config))?.unwrap_or_default();
     let places = config::registered_at(&text, &options.runtime_name)?;
     let mut ok = !places.is_empty();
     println!("registered in the config: {}", if ok { places.join(", ") } else { "no".into() });
     let shim = options.install_dir.join(SHIM_NAME);
-    match std::fs::read(host.path(&shim)) {
-        Ok(bytes) => match binary::version_on_node(host, &shim) {
+    match std::fs::read(node_root.path(&shim)) {
+        Ok(bytes) => match binary::version_on_node(node_root, &shim) {
             Ok(version) => println!(
                 "shim: {} (sha256 {}, version {version})",
                 shim.display(),
@@ -300,7 +305,7 @@ pub async fn status(options: &Options) -> Result<bool> {
 /// if given); if it is not, puts the config back byte for byte, restarts
 /// again, and fails with what went wrong.
 async fn restart_or_roll_back(options: &Options, now: &Current, handler: Option<&str>) -> Result<()> {
-    let host = &options.host;
+    let node_root = &options.node_root;
     let socket = options.socket(&now.layout);
     println!("restarting containerd: {}", now.restart);
     let problem = match system::restart(&now.restart) {
@@ -315,8 +320,8 @@ async fn restart_or_roll_back(options: &Options, now: &Current, handler: Option<
     };
     eprintln!("containerd is not healthy after the change ({problem:#}); rolling back");
     let restored = match &now.text {
-        Some(text) => system::write_atomically(host, &now.layout.config, text),
-        None => system::remove_file(host, &now.layout.config),
+        Some(text) => system::write_atomically(node_root, &now.layout.config, text),
+        None => system::remove_file(node_root, &now.layout.config),
     };
     restored.with_context(|| {
         format!(
@@ -341,8 +346,8 @@ async fn restart_or_roll_back(options: &Options, now: &Current, handler: Option<
 /// A config that is a symlink would be read through the installer's own
 /// filesystem (an absolute link does not point into the node root), and
 /// replacing it would cut the link: refuse, naming the target.
-fn refuse_symlink(host: &Host, config: &Path) -> Result<()> {
-    let local = host.path(config);
+fn refuse_symlink(node_root: &NodeRoot, config: &Path) -> Result<()> {
+    let local = node_root.path(config);
     if local.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
         let target = std::fs::read_link(&local).unwrap_or_default();
         bail!(
@@ -364,13 +369,13 @@ fn backup_path(config: &Path) -> PathBuf {
 
 /// Keeps the config as it was before the installer first changed it: an
 /// existing backup is never overwritten by a later run.
-fn keep_first_backup(host: &Host, config: &Path, text: &str) -> Result<()> {
+fn keep_first_backup(node_root: &NodeRoot, config: &Path, text: &str) -> Result<()> {
     let backup = backup_path(config);
-    if host.path(&backup).exists() {
+    if node_root.path(&backup).exists() {
         return Ok(());
     }
-    system::write_atomically(host, &backup, text)?;
-    system::copy_mode(&host.path(config), &host.path(&backup))
+    system::write_atomically(node_root, &backup, text)?;
+    system::copy_mode(&node_root.path(config), &node_root.path(&backup))
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>> {
@@ -382,8 +387,8 @@ fn read_optional(path: &Path) -> Result<Option<String>> {
 }
 
 /// The major version of the node's containerd (`containerd --version`).
-fn containerd_major(host: &Host, containerd: &Path) -> Result<u32> {
-    let output = host.run(containerd, &["--version"])?;
+fn containerd_major(node_root: &NodeRoot, containerd: &Path) -> Result<u32> {
+    let output = node_root.run(containerd, &["--version"])?;
     let text = String::from_utf8_lossy(&output.stdout);
     // "containerd github.com/containerd/containerd 1.7.24 ..." or "... v2.1.9 ..."
     text.split_whitespace()
@@ -392,13 +397,66 @@ fn containerd_major(host: &Host, containerd: &Path) -> Result<u32> {
         .with_context(|| format!("could not read containerd's version from {:?}", text.trim()))
 }
 
-fn write_state(host: &Host, config: &Path, created: bool) -> Result<()> {
-    let state = serde_json::json!({ "config": config, "created": created });
-    system::write_atomically(host, Path::new(STATE), &format!("{state}\n"))
-}
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
 
-/// Whether the installer created the config file, from its state file.
-fn read_state(host: &Host) -> Option<bool> {
-    let text = std::fs::read_to_string(host.path(Path::new(STATE))).ok()?;
-    serde_json::from_str::<serde_json::Value>(&text).ok()?.get("created")?.as_bool()
+    use super::*;
+
+    /// Every file under `dir` with its bytes (folders by their paths).
+    fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut found = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                found.insert(path.clone(), Vec::new());
+                found.extend(tree(&path));
+            } else {
+                found.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_state_file_stops_install_and_uninstall_before_anything_changes() {
+        let root = tempfile::tempdir().unwrap();
+        let put = |path: &str, text: &str| {
+            let local = root.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+            std::fs::write(local, text).unwrap();
+        };
+        put("/etc/containerd/config.toml", "version = 2\n");
+        put("/usr/bin/containerd", "");
+        put("/usr/local/bin/containerd-shim-wasmtime-custom-v1", "the shim installed before");
+        put(state::PATH, "{\"config\": \"/etc/containerd/config.toml\", \"crea");
+        let shim = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(shim.path(), "a new shim").unwrap();
+        let options = Options {
+            node_root: NodeRoot::new(root.path()),
+            overrides: Overrides::default(),
+            shim: shim.path().to_path_buf(),
+            install_dir: "/usr/local/bin".into(),
+            runtime_name: "wasmtime-custom".into(),
+            restart_command: Some("exit 0".into()),
+            health_timeout: Duration::from_secs(1),
+            node_name: None,
+            dry_run: false,
+        };
+        // The lock every run takes first coordinates runs; it is no change
+        // to the node's setup.
+        let lock = root.path().join("run/wasmtime-custom-node-installer.lock");
+        let before = tree(root.path());
+
+        let errors = [install(&options).await.unwrap_err(), uninstall(&options).await.unwrap_err()];
+
+        for err in errors {
+            let err = format!("{err:#}");
+            assert!(err.contains(state::PATH) && err.contains("is not a state the installer wrote"), "{err}");
+            assert!(err.contains("nothing was changed"), "{err}");
+        }
+        let mut after = tree(root.path());
+        assert!(after.remove(&lock).is_some() && after.remove(&root.path().join("run")).is_some());
+        assert_eq!(after, before, "a run that stops at the state file changes nothing on the node");
+    }
 }

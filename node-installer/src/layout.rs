@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
-use crate::host::Host;
+use crate::node_root::NodeRoot;
 
 /// How the file that registers the runtime relates to containerd's config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,8 +22,9 @@ pub enum ConfigKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
-    /// Distribution, for messages: "containerd", "k3s", ...
-    pub flavor: &'static str,
+    /// The Kubernetes/containerd distribution the node runs, for messages:
+    /// "containerd" (plain containerd), "k3s", "RKE2", "k0s", "MicroK8s".
+    pub distribution: &'static str,
     /// The file the installer edits (node path).
     pub config: PathBuf,
     pub kind: ConfigKind,
@@ -37,6 +38,13 @@ pub struct Layout {
     pub unit: Option<String>,
 }
 
+/// `CONFIG (distribution: NAME; why this layout)`, for the log.
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (distribution: {}; {})", self.config.display(), self.distribution, self.reason)
+    }
+}
+
 /// What the user pinned on the command line.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -46,8 +54,9 @@ pub struct Overrides {
     pub unit: Option<String>,
 }
 
+/// A distribution's usual places.
 struct Known {
-    flavor: &'static str,
+    distribution: &'static str,
     /// Present only on nodes of this distribution.
     marker: &'static str,
     containerd: &'static [&'static str],
@@ -56,28 +65,28 @@ struct Known {
 }
 
 const K3S: Known = Known {
-    flavor: "k3s",
+    distribution: "k3s",
     marker: "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
     containerd: &["/var/lib/rancher/k3s/data/current/bin/containerd"],
     socket: "/run/k3s/containerd/containerd.sock",
     units: &["k3s", "k3s-agent"],
 };
 const RKE2: Known = Known {
-    flavor: "RKE2",
+    distribution: "RKE2",
     marker: "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
     containerd: &["/var/lib/rancher/rke2/bin/containerd"],
     socket: "/run/k3s/containerd/containerd.sock",
     units: &["rke2-server", "rke2-agent"],
 };
 const K0S: Known = Known {
-    flavor: "k0s",
+    distribution: "k0s",
     marker: "/etc/k0s/containerd.d",
     containerd: &["/var/lib/k0s/bin/containerd"],
     socket: "/run/k0s/containerd.sock",
     units: &["k0sworker", "k0scontroller"],
 };
 const MICROK8S: Known = Known {
-    flavor: "MicroK8s",
+    distribution: "MicroK8s",
     marker: "/var/snap/microk8s/current/args/containerd-template.toml",
     containerd: &["/snap/microk8s/current/bin/containerd"],
     socket: "/var/snap/microk8s/common/run/containerd.sock",
@@ -85,7 +94,7 @@ const MICROK8S: Known = Known {
 };
 /// Plain containerd, AKS (Ubuntu and Azure Linux), kubeadm nodes.
 const CONTAINERD: Known = Known {
-    flavor: "containerd",
+    distribution: "containerd",
     marker: "/etc/containerd/config.toml",
     containerd: &["/usr/bin/containerd", "/usr/local/bin/containerd"],
     socket: "/run/containerd/containerd.sock",
@@ -95,10 +104,10 @@ const CONTAINERD: Known = Known {
 /// The file name of the installer's own drop-in for k0s.
 const DROP_IN: &str = "wasmtime-custom.toml";
 
-pub fn detect(host: &Host, overrides: &Overrides) -> Result<Layout> {
+pub fn detect(node_root: &NodeRoot, overrides: &Overrides) -> Result<Layout> {
     let mut layout = match &overrides.config {
-        Some(config) => explicit(host, config),
-        None => detected(host)?,
+        Some(config) => explicit(node_root, config),
+        None => detected(node_root)?,
     };
     if let Some(containerd) = &overrides.containerd {
         layout.containerd = containerd.clone();
@@ -109,111 +118,111 @@ pub fn detect(host: &Host, overrides: &Overrides) -> Result<Layout> {
     if let Some(unit) = &overrides.unit {
         layout.unit = Some(unit.clone());
     }
-    if !host.path(&layout.containerd).exists() {
+    if !node_root.path(&layout.containerd).exists() {
         bail!(
             "containerd's binary {} is not on the node (under {}); pass --containerd-bin",
             layout.containerd.display(),
-            host.root().display()
+            node_root.root().display()
         );
     }
     Ok(layout)
 }
 
-fn explicit(host: &Host, config: &Path) -> Layout {
+fn explicit(node_root: &NodeRoot, config: &Path) -> Layout {
     let kind = match config.to_str().and_then(|c| c.strip_suffix(".tmpl")) {
         Some(rendered) => ConfigKind::Template { rendered: rendered.into() },
         None => ConfigKind::Plain,
     };
     Layout {
-        flavor: "containerd",
+        distribution: "containerd",
         config: config.to_path_buf(),
         kind,
         reason: "given with --config".into(),
-        containerd: first(host, CONTAINERD.containerd),
+        containerd: first(node_root, CONTAINERD.containerd),
         socket: CONTAINERD.socket.into(),
-        unit: unit(host, CONTAINERD.units),
+        unit: unit(node_root, CONTAINERD.units),
     }
 }
 
-fn detected(host: &Host) -> Result<Layout> {
+fn detected(node_root: &NodeRoot) -> Result<Layout> {
     for known in [K3S, RKE2] {
-        if host.path(Path::new(known.marker)).exists() {
+        if node_root.path(Path::new(known.marker)).exists() {
             let rendered = PathBuf::from(known.marker);
-            let template = template_for(host, &rendered);
+            let template = template_for(node_root, &rendered);
             return Ok(layout(
-                host,
+                node_root,
                 &known,
                 template.clone(),
                 ConfigKind::Template { rendered },
                 format!(
                     "{} generates {} at each start; additions belong in its template {}",
-                    known.flavor,
+                    known.distribution,
                     known.marker,
                     template.display()
                 ),
             ));
         }
     }
-    if host.path(Path::new(K0S.marker)).is_dir() {
+    if node_root.path(Path::new(K0S.marker)).is_dir() {
         let config = Path::new(K0S.marker).join(DROP_IN);
         let reason = format!("k0s merges the drop-in files of {} into its containerd config", K0S.marker);
-        return Ok(layout(host, &K0S, config, ConfigKind::DropIn, reason));
+        return Ok(layout(node_root, &K0S, config, ConfigKind::DropIn, reason));
     }
     for known in [MICROK8S, CONTAINERD] {
-        if host.path(Path::new(known.marker)).is_file() {
-            let reason = format!("{} exists ({} layout)", known.marker, known.flavor);
-            return Ok(layout(host, &known, known.marker.into(), ConfigKind::Plain, reason));
+        if node_root.path(Path::new(known.marker)).is_file() {
+            let reason = format!("{} exists", known.marker);
+            return Ok(layout(node_root, &known, known.marker.into(), ConfigKind::Plain, reason));
         }
     }
-    if host.first_existing(CONTAINERD.containerd).is_some() {
+    if node_root.first_existing(CONTAINERD.containerd).is_some() {
         let reason =
             format!("no config file: containerd runs on its defaults, so {} is created", CONTAINERD.marker);
-        return Ok(layout(host, &CONTAINERD, CONTAINERD.marker.into(), ConfigKind::Plain, reason));
+        return Ok(layout(node_root, &CONTAINERD, CONTAINERD.marker.into(), ConfigKind::Plain, reason));
     }
     bail!(
         "no containerd found under {} (looked for k3s, RKE2, k0s, MicroK8s and /etc/containerd/config.toml); \
          pass --config and --containerd-bin",
-        host.root().display()
+        node_root.root().display()
     )
 }
 
 /// k3s and RKE2 read `config-v3.toml.tmpl` for containerd 2 and
 /// `config.toml.tmpl` before; an existing one wins.
-fn template_for(host: &Host, rendered: &Path) -> PathBuf {
+fn template_for(node_root: &NodeRoot, rendered: &Path) -> PathBuf {
     let dir = rendered.parent().unwrap_or(Path::new("/"));
     let v3 = dir.join("config-v3.toml.tmpl");
     let v2 = dir.join("config.toml.tmpl");
-    if host.path(&v3).exists() {
+    if node_root.path(&v3).exists() {
         return v3;
     }
-    if host.path(&v2).exists() {
+    if node_root.path(&v2).exists() {
         return v2;
     }
-    let rendered_v3 = std::fs::read_to_string(host.path(rendered))
+    let rendered_v3 = std::fs::read_to_string(node_root.path(rendered))
         .ok()
         .and_then(|text| crate::config::version_of(&text).ok().flatten())
         .is_some_and(|v| v >= 3);
     if rendered_v3 { v3 } else { v2 }
 }
 
-fn layout(host: &Host, known: &Known, config: PathBuf, kind: ConfigKind, reason: String) -> Layout {
+fn layout(node_root: &NodeRoot, known: &Known, config: PathBuf, kind: ConfigKind, reason: String) -> Layout {
     Layout {
-        flavor: known.flavor,
+        distribution: known.distribution,
         config,
         kind,
         reason,
-        containerd: first(host, known.containerd),
+        containerd: first(node_root, known.containerd),
         socket: known.socket.into(),
-        unit: unit(host, known.units),
+        unit: unit(node_root, known.units),
     }
 }
 
-fn first(host: &Host, candidates: &[&str]) -> PathBuf {
-    host.first_existing(candidates).unwrap_or(candidates[0]).into()
+fn first(node_root: &NodeRoot, candidates: &[&str]) -> PathBuf {
+    node_root.first_existing(candidates).unwrap_or(candidates[0]).into()
 }
 
 /// The first unit of `units` with a unit file on the node.
-fn unit(host: &Host, units: &[&str]) -> Option<String> {
+fn unit(node_root: &NodeRoot, units: &[&str]) -> Option<String> {
     let dirs = [
         "/etc/systemd/system",
         "/usr/local/lib/systemd/system",
@@ -223,7 +232,7 @@ fn unit(host: &Host, units: &[&str]) -> Option<String> {
     units
         .iter()
         .find(|unit| {
-            dirs.iter().any(|dir| host.path(&Path::new(dir).join(format!("{unit}.service"))).exists())
+            dirs.iter().any(|dir| node_root.path(&Path::new(dir).join(format!("{unit}.service"))).exists())
         })
         .map(|unit| unit.to_string())
 }
@@ -232,7 +241,7 @@ fn unit(host: &Host, units: &[&str]) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn node(files: &[&str]) -> (tempfile::TempDir, Host) {
+    fn node(files: &[&str]) -> (tempfile::TempDir, NodeRoot) {
         let root = tempfile::tempdir().unwrap();
         for file in files {
             let path = root.path().join(file.trim_start_matches('/'));
@@ -243,34 +252,38 @@ mod tests {
                 std::fs::write(&path, "version = 2\n").unwrap();
             }
         }
-        let host = Host::new(root.path());
-        (root, host)
+        let node_root = NodeRoot::new(root.path());
+        (root, node_root)
     }
 
     #[test]
     fn aks_uses_etc_containerd_and_the_containerd_unit() {
-        let (_root, host) = node(&[
+        let (_root, node_root) = node(&[
             "/etc/containerd/config.toml",
             "/usr/bin/containerd",
             "/lib/systemd/system/containerd.service",
         ]);
-        let layout = detect(&host, &Overrides::default()).unwrap();
+        let layout = detect(&node_root, &Overrides::default()).unwrap();
         assert_eq!(layout.config, Path::new("/etc/containerd/config.toml"));
         assert_eq!(layout.kind, ConfigKind::Plain);
         assert_eq!(layout.unit.as_deref(), Some("containerd"));
         assert_eq!(layout.socket, Path::new("/run/containerd/containerd.sock"));
+        assert_eq!(
+            layout.to_string(),
+            "/etc/containerd/config.toml (distribution: containerd; /etc/containerd/config.toml exists)"
+        );
     }
 
     #[test]
     fn k3s_edits_its_template_never_the_generated_file() {
-        let (_root, host) = node(&[
+        let (_root, node_root) = node(&[
             "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
             "/var/lib/rancher/k3s/data/current/bin/containerd",
             "/etc/systemd/system/k3s-agent.service",
             "/etc/containerd/config.toml",
         ]);
-        let layout = detect(&host, &Overrides::default()).unwrap();
-        assert_eq!(layout.flavor, "k3s");
+        let layout = detect(&node_root, &Overrides::default()).unwrap();
+        assert_eq!(layout.distribution, "k3s");
         assert_eq!(layout.config, Path::new("/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl"));
         assert!(matches!(layout.kind, ConfigKind::Template { .. }));
         assert_eq!(layout.unit.as_deref(), Some("k3s-agent"));
@@ -279,32 +292,32 @@ mod tests {
 
     #[test]
     fn k0s_gets_a_drop_in_of_its_own() {
-        let (_root, host) = node(&["/etc/k0s/containerd.d/", "/var/lib/k0s/bin/containerd"]);
-        let layout = detect(&host, &Overrides::default()).unwrap();
+        let (_root, node_root) = node(&["/etc/k0s/containerd.d/", "/var/lib/k0s/bin/containerd"]);
+        let layout = detect(&node_root, &Overrides::default()).unwrap();
         assert_eq!(layout.config, Path::new("/etc/k0s/containerd.d/wasmtime-custom.toml"));
         assert_eq!(layout.kind, ConfigKind::DropIn);
     }
 
     #[test]
     fn an_explicit_config_wins_and_a_missing_binary_is_named() {
-        let (_root, host) = node(&["/etc/containerd/config.toml", "/opt/bin/containerd"]);
+        let (_root, node_root) = node(&["/etc/containerd/config.toml", "/opt/bin/containerd"]);
         let overrides = Overrides {
             config: Some("/srv/c.toml".into()),
             containerd: Some("/opt/bin/containerd".into()),
             ..Overrides::default()
         };
-        let layout = detect(&host, &overrides).unwrap();
+        let layout = detect(&node_root, &overrides).unwrap();
         assert_eq!(layout.config, Path::new("/srv/c.toml"));
         assert_eq!(layout.reason, "given with --config");
         let missing = Overrides { containerd: Some("/nope/containerd".into()), ..Overrides::default() };
-        let err = detect(&host, &missing).unwrap_err().to_string();
+        let err = detect(&node_root, &missing).unwrap_err().to_string();
         assert!(err.contains("/nope/containerd") && err.contains("--containerd-bin"), "{err}");
     }
 
     #[test]
     fn nothing_found_says_what_was_looked_for() {
-        let (_root, host) = node(&[]);
-        let err = detect(&host, &Overrides::default()).unwrap_err().to_string();
+        let (_root, node_root) = node(&[]);
+        let err = detect(&node_root, &Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("k3s, RKE2, k0s, MicroK8s"), "{err}");
     }
 }

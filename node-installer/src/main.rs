@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use node_installer::host::Host;
 use node_installer::install::{self, Options, SHIM_NAME};
 use node_installer::layout::Overrides;
+use node_installer::node_root::NodeRoot;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Installs the wasmtime-custom containerd shim on a node")]
@@ -89,7 +89,7 @@ fn run(cli: Cli) -> Result<bool> {
             .with_file_name(SHIM_NAME),
     };
     let options = Options {
-        host: Host::new(cli.host_root),
+        node_root: NodeRoot::new(cli.host_root),
         overrides: Overrides {
             config: cli.config,
             containerd: cli.containerd_bin,

@@ -133,55 +133,79 @@ fn explain(err: kube::Error, node: &str, doing: &str) -> anyhow::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::{TcpListener, TcpStream};
     use std::sync::{Arc, Mutex};
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper::header::CONTENT_TYPE;
+    use hyper::service::service_fn;
+    use hyper::{Request, Response, StatusCode};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use tokio::net::TcpListener;
+
+    use super::*;
 
     const NODE: &str = "wasm-node-1";
 
-    /// One request as the stand-in API server received it.
+    /// One request as the API server stand-in received it.
     #[derive(Debug, Clone)]
     struct Recorded {
         method: String,
         /// The path without the query string.
         path: String,
         content_type: Option<String>,
-        body: String,
+        body: Vec<u8>,
     }
 
     /// A STAND-IN for the Kubernetes API server: there is no API server on this machine.
-    /// It speaks just enough HTTP/1.1 (one request per connection), records every request,
-    /// and answers each with the same status and JSON body.
-    struct StandIn {
+    /// A real HTTP server (hyper; HTTP/1.1 or HTTP/2, any number of connections, any
+    /// body framing) on 127.0.0.1 that records every request and answers each with the
+    /// same status and JSON body.
+    struct ApiServerStandIn {
         url: String,
+        requests: Arc<Mutex<Vec<Recorded>>>,
+        accepting: tokio::task::JoinHandle<()>,
+    }
+
+    /// What the stand-in answers, and where it records what it was asked.
+    #[derive(Clone)]
+    struct Answer {
+        status: StatusCode,
+        body: Bytes,
         requests: Arc<Mutex<Vec<Recorded>>>,
     }
 
-    impl StandIn {
-        fn start(status: u16, body: Value) -> StandIn {
-            let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    impl ApiServerStandIn {
+        async fn start(status: u16, body: Value) -> ApiServerStandIn {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
             let url = format!("http://{}", listener.local_addr().expect("local address"));
             let requests = Arc::new(Mutex::new(Vec::new()));
-            let recorded = Arc::clone(&requests);
-            let body = body.to_string();
-            // Detached: it dies with the test process.
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    let Ok(stream) = stream else { continue };
-                    // Recorded before the answer goes out, so a test that got
-                    // its response always finds the request here.
-                    answer(stream, status, &body, |request| {
-                        recorded.lock().expect("requests lock").push(request);
+            let answer = Answer {
+                status: StatusCode::from_u16(status).expect("an HTTP status"),
+                body: Bytes::from(body.to_string()),
+                requests: Arc::clone(&requests),
+            };
+            let accepting = tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let answer = answer.clone();
+                    // One task per connection: connections are served side by side.
+                    tokio::spawn(async move {
+                        let service = service_fn(move |request| answer.clone().answer(request));
+                        // A connection the client breaks off just ends; the test then fails
+                        // on the answer it did not get.
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
                     });
                 }
             });
-            StandIn { url, requests }
+            ApiServerStandIn { url, requests, accepting }
         }
 
         fn client(&self) -> kube::Client {
             let config = kube::Config::new(self.url.parse().expect("stand-in URL"));
-            kube::Client::try_from(config).expect("client for the stand-in API server")
+            kube::Client::try_from(config).expect("client for the API server stand-in")
         }
 
         fn requests(&self) -> Vec<Recorded> {
@@ -189,45 +213,32 @@ mod tests {
         }
     }
 
-    /// Reads one request from `stream`, hands it to `record`, then answers it.
-    fn answer(stream: TcpStream, status: u16, body: &str, record: impl FnOnce(Recorded)) -> Option<()> {
-        let mut reader = BufReader::new(stream.try_clone().ok()?);
-        let mut line = String::new();
-        reader.read_line(&mut line).ok()?;
-        let mut parts = line.split_whitespace();
-        let method = parts.next()?.to_string();
-        let target = parts.next()?;
-        let path = target.split('?').next().unwrap_or(target).to_string();
-        let (mut content_type, mut length) = (None, 0);
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header).ok()?;
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header.split_once(':')?;
-            match name.trim().to_ascii_lowercase().as_str() {
-                "content-type" => content_type = Some(value.trim().to_string()),
-                "content-length" => length = value.trim().parse().ok()?,
-                _ => {}
-            }
+    impl Drop for ApiServerStandIn {
+        fn drop(&mut self) {
+            self.accepting.abort();
         }
-        let mut request_body = vec![0; length];
-        reader.read_exact(&mut request_body).ok()?;
-        let reason = match status {
-            200 => "OK",
-            403 => "Forbidden",
-            404 => "Not Found",
-            _ => "Status",
-        };
-        let response = format!(
-            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             connection: close\r\n\r\n{body}",
-            body.len()
-        );
-        record(Recorded { method, path, content_type, body: String::from_utf8(request_body).ok()? });
-        (&stream).write_all(response.as_bytes()).ok()
+    }
+
+    impl Answer {
+        /// Reads the whole request (whatever its framing), records it, then answers.
+        async fn answer(self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await?.to_bytes().to_vec();
+            let content_type =
+                parts.headers.get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            // Recorded before the answer goes out, so a test that got its
+            // response always finds the request here.
+            self.requests.lock().expect("requests lock").push(Recorded {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+                content_type,
+                body,
+            });
+            let mut response = Response::new(Full::new(self.body));
+            *response.status_mut() = self.status;
+            response.headers_mut().insert(CONTENT_TYPE, "application/json".parse().expect("a header value"));
+            Ok(response)
+        }
     }
 
     fn node_json(labels: Value, annotations: Value) -> Value {
@@ -251,62 +262,66 @@ mod tests {
         })
     }
 
-    fn only_request(server: &StandIn) -> Recorded {
+    fn only_request(server: &ApiServerStandIn) -> Recorded {
         let requests = server.requests();
         assert_eq!(requests.len(), 1, "expected exactly one request, got {requests:#?}");
         requests[0].clone()
     }
 
-    #[tokio::test]
-    async fn mark_ready_merge_patches_exactly_the_label_and_the_version_annotation() {
-        let server = StandIn::start(
-            200,
-            node_json(json!({ READY_LABEL: READY_VALUE }), json!({ VERSION_ANNOTATION: "1.2.3" })),
-        );
-
-        mark_ready(&server.client(), NODE, "1.2.3").await.expect("mark_ready");
-
-        let request = only_request(&server);
+    /// The server got exactly one request: a JSON merge patch of the test node whose
+    /// body is `expected`.
+    fn assert_only_a_merge_patch_of_the_node(server: &ApiServerStandIn, expected: Value) {
+        let request = only_request(server);
         assert_eq!(request.method, "PATCH");
         assert_eq!(request.path, "/api/v1/nodes/wasm-node-1");
         assert_eq!(request.content_type.as_deref(), Some("application/merge-patch+json"));
-        let body: Value = serde_json::from_str(&request.body).expect("JSON body");
-        assert_eq!(
-            body,
+        let body: Value = serde_json::from_slice(&request.body).expect("JSON body");
+        assert_eq!(body, expected);
+    }
+
+    #[tokio::test]
+    async fn mark_ready_merge_patches_exactly_the_label_and_the_version_annotation() {
+        let server = ApiServerStandIn::start(
+            200,
+            node_json(json!({ READY_LABEL: READY_VALUE }), json!({ VERSION_ANNOTATION: "1.2.3" })),
+        )
+        .await;
+
+        mark_ready(&server.client(), NODE, "1.2.3").await.expect("mark_ready");
+
+        assert_only_a_merge_patch_of_the_node(
+            &server,
             json!({
                 "metadata": {
                     "labels": { "wasmtime-custom.io/runtime": "ready" },
                     "annotations": { "wasmtime-custom.io/version": "1.2.3" },
                 }
-            })
+            }),
         );
     }
 
     #[tokio::test]
     async fn unmark_merge_patches_nulls_for_the_label_and_the_annotation() {
-        let server = StandIn::start(200, node_json(json!({}), json!({})));
+        let server = ApiServerStandIn::start(200, node_json(json!({}), json!({}))).await;
 
         unmark(&server.client(), NODE).await.expect("unmark");
 
-        let request = only_request(&server);
-        assert_eq!(request.method, "PATCH");
-        assert_eq!(request.path, "/api/v1/nodes/wasm-node-1");
-        assert_eq!(request.content_type.as_deref(), Some("application/merge-patch+json"));
-        let body: Value = serde_json::from_str(&request.body).expect("JSON body");
-        assert_eq!(
-            body,
+        assert_only_a_merge_patch_of_the_node(
+            &server,
             json!({
                 "metadata": {
                     "labels": { "wasmtime-custom.io/runtime": null },
                     "annotations": { "wasmtime-custom.io/version": null },
                 }
-            })
+            }),
         );
     }
 
     #[tokio::test]
     async fn unmark_of_a_node_that_no_longer_exists_is_ok() {
-        let server = StandIn::start(404, status_json(404, "NotFound", "nodes \"wasm-node-1\" not found"));
+        let server =
+            ApiServerStandIn::start(404, status_json(404, "NotFound", "nodes \"wasm-node-1\" not found"))
+                .await;
 
         unmark(&server.client(), NODE).await.expect("a missing node has nothing to unmark");
 
@@ -315,14 +330,15 @@ mod tests {
 
     #[tokio::test]
     async fn forbidden_names_the_node_and_says_to_apply_the_rbac() {
-        let server = StandIn::start(
+        let server = ApiServerStandIn::start(
             403,
             status_json(
                 403,
                 "Forbidden",
                 "nodes \"wasm-node-1\" is forbidden: User \"system:serviceaccount:x:y\" cannot patch resource \"nodes\"",
             ),
-        );
+        )
+        .await;
 
         let err = mark_ready(&server.client(), NODE, "1.2.3").await.expect_err("403 must fail");
 
@@ -336,7 +352,7 @@ mod tests {
 
     #[tokio::test]
     async fn forbidden_unmark_is_an_error_too() {
-        let server = StandIn::start(403, status_json(403, "Forbidden", "forbidden"));
+        let server = ApiServerStandIn::start(403, status_json(403, "Forbidden", "forbidden")).await;
 
         let err = unmark(&server.client(), NODE).await.expect_err("403 must fail");
 
@@ -347,13 +363,14 @@ mod tests {
 
     #[tokio::test]
     async fn readiness_reads_the_label_and_the_version_annotation() {
-        let server = StandIn::start(
+        let server = ApiServerStandIn::start(
             200,
             node_json(
                 json!({ READY_LABEL: READY_VALUE, "kubernetes.io/os": "linux" }),
                 json!({ VERSION_ANNOTATION: "1.2.3" }),
             ),
-        );
+        )
+        .await;
 
         let readiness = readiness(&server.client(), NODE).await.expect("readiness");
 
@@ -365,7 +382,8 @@ mod tests {
 
     #[tokio::test]
     async fn readiness_of_an_unmarked_node_is_false_without_version() {
-        let server = StandIn::start(200, node_json(json!({ READY_LABEL: "installing" }), json!({})));
+        let server =
+            ApiServerStandIn::start(200, node_json(json!({ READY_LABEL: "installing" }), json!({}))).await;
 
         let readiness = readiness(&server.client(), NODE).await.expect("readiness");
 
@@ -374,7 +392,9 @@ mod tests {
 
     #[tokio::test]
     async fn readiness_of_a_missing_node_says_which_node() {
-        let server = StandIn::start(404, status_json(404, "NotFound", "nodes \"wasm-node-1\" not found"));
+        let server =
+            ApiServerStandIn::start(404, status_json(404, "NotFound", "nodes \"wasm-node-1\" not found"))
+                .await;
 
         let err = readiness(&server.client(), NODE).await.expect_err("404 must fail");
 

@@ -12,14 +12,14 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::binary::sync_dir;
-use crate::host::Host;
+use crate::node_root::NodeRoot;
 
 /// Holds the installer's lock on the node until dropped.
 pub struct Lock(#[allow(dead_code, reason = "held for its Drop, which releases the lock")] File);
 
 /// Takes the node-wide lock, waiting for another installer run to finish.
-pub fn lock(host: &Host) -> Result<Lock> {
-    let path = host.path(Path::new("/run/wasmtime-custom-node-installer.lock"));
+pub fn lock(node_root: &NodeRoot) -> Result<Lock> {
+    let path = node_root.path(Path::new("/run/wasmtime-custom-node-installer.lock"));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
     }
@@ -33,8 +33,8 @@ pub fn lock(host: &Host) -> Result<Lock> {
 
 /// Replaces the node file `path` with `text`: a temp file in the same
 /// folder, synced, then renamed over it (keeping its permissions).
-pub fn write_atomically(host: &Host, path: &Path, text: &str) -> Result<()> {
-    let local = host.path(path);
+pub fn write_atomically(node_root: &NodeRoot, path: &Path, text: &str) -> Result<()> {
+    let local = node_root.path(path);
     let dir = local.parent().context("a config file has a parent folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
     // A new file gets 0600 unless the file it replaces said otherwise.
@@ -69,8 +69,8 @@ pub fn copy_mode(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Removes the node file `path` if it exists.
-pub fn remove_file(host: &Host, path: &Path) -> Result<()> {
-    match std::fs::remove_file(host.path(path)) {
+pub fn remove_file(node_root: &NodeRoot, path: &Path) -> Result<()> {
+    match std::fs::remove_file(node_root.path(path)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("could not remove {}", path.display()))
         }

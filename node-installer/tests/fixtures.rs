@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use node_installer::config::{self, Context, Runtime};
+use node_installer::config::{self, EditInputs, Runtime};
 use node_installer::dump;
-use node_installer::host::Host;
+use node_installer::node_root::NodeRoot;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("node-installer is in the workspace").to_path_buf()
@@ -42,18 +42,19 @@ fn runtime() -> Runtime {
 
 /// Installs into `text` and checks the result with containerd `version`.
 fn install_checked(text: &str, version: &str, base_version: Option<i64>) -> config::Edit {
-    let host = Host::new("/");
+    let node_root = NodeRoot::new("/");
     let scratch = tempfile::tempdir().unwrap();
     let bin = containerd(version);
-    let before = dump::dump_text(&host, &bin, scratch.path(), text).expect("containerd reads the original");
-    let context = Context { base_version, runc_defaults: dump::runc(&before), base_lists_runc: false };
-    let edit = config::install(text, &runtime(), &context).expect("install");
+    let before =
+        dump::dump_text(&node_root, &bin, scratch.path(), text).expect("containerd reads the original");
+    let inputs = EditInputs { base_version, runc_defaults: dump::runc(&before), base_lists_runc: false };
+    let edit = config::install(text, &runtime(), &inputs).expect("install");
     let after =
-        dump::dump_text(&host, &bin, scratch.path(), &edit.text).expect("containerd reads the result");
+        dump::dump_text(&node_root, &bin, scratch.path(), &edit.text).expect("containerd reads the result");
     let rt = runtime();
     dump::check_added(&before, &after, &rt.name, &rt.runtime_type, &rt.runtime_path)
         .unwrap_or_else(|e| panic!("containerd {version}: {e:#}\n{}", edit.text));
-    let twice = config::install(&edit.text, &runtime(), &context).expect("install again");
+    let twice = config::install(&edit.text, &runtime(), &inputs).expect("install again");
     assert!(!twice.changed, "a second install changed the file");
     assert_eq!(twice.text, edit.text);
     edit
@@ -109,11 +110,11 @@ fn an_installed_config_is_left_alone_and_uninstall_removes_the_entry() {
     let removed = config::uninstall(&original, &runtime()).unwrap();
     assert!(removed.changed);
     assert!(config::registered_at(&removed.text, "wasmtime-custom").unwrap().is_empty());
-    let host = Host::new("/");
+    let node_root = NodeRoot::new("/");
     let scratch = tempfile::tempdir().unwrap();
     let bin = containerd("1.6");
-    let before = dump::dump_text(&host, &bin, scratch.path(), &original).unwrap();
-    let after = dump::dump_text(&host, &bin, scratch.path(), &removed.text).unwrap();
+    let before = dump::dump_text(&node_root, &bin, scratch.path(), &original).unwrap();
+    let after = dump::dump_text(&node_root, &bin, scratch.path(), &removed.text).unwrap();
     dump::check_removed(&before, &after, "wasmtime-custom").unwrap();
 }
 
@@ -121,21 +122,21 @@ fn an_installed_config_is_left_alone_and_uninstall_removes_the_entry() {
 fn the_k3s_template_gets_the_runtime_and_renders_to_a_valid_config() {
     let template = fixture("k3s-config.toml.tmpl");
     let generated = fixture("k3s-generated-config.toml");
-    let context = Context {
+    let inputs = EditInputs {
         base_version: config::version_of(&generated).unwrap(),
         runc_defaults: None,
         base_lists_runc: config::lists_runc(&generated).unwrap(),
     };
-    let edit = config::install(&template, &runtime(), &context).unwrap();
+    let edit = config::install(&template, &runtime(), &inputs).unwrap();
     assert!(edit.text.starts_with(&template), "the base template line stays first");
     // What k3s renders: its base (as in the generated file) plus the
     // template's own lines; containerd 1.7 must accept it with the runtime.
     let rendered = format!("{generated}{}", &edit.text[template.len()..]);
-    let host = Host::new("/");
+    let node_root = NodeRoot::new("/");
     let scratch = tempfile::tempdir().unwrap();
     let bin = containerd("1.7");
-    let before = dump::dump_text(&host, &bin, scratch.path(), &generated).unwrap();
-    let after = dump::dump_text(&host, &bin, scratch.path(), &rendered).unwrap();
+    let before = dump::dump_text(&node_root, &bin, scratch.path(), &generated).unwrap();
+    let after = dump::dump_text(&node_root, &bin, scratch.path(), &rendered).unwrap();
     let rt = runtime();
     dump::check_added(&before, &after, &rt.name, &rt.runtime_type, &rt.runtime_path).unwrap();
     assert_eq!(config::uninstall(&edit.text, &runtime()).unwrap().text, template);
@@ -144,7 +145,7 @@ fn the_k3s_template_gets_the_runtime_and_renders_to_a_valid_config() {
 #[test]
 fn a_corrupt_config_is_refused_with_the_parse_error() {
     let corrupt = fixture("corrupt.toml");
-    let err = config::install(&corrupt, &runtime(), &Context::default()).unwrap_err();
+    let err = config::install(&corrupt, &runtime(), &EditInputs::default()).unwrap_err();
     let message = format!("{err:#}");
     assert!(message.contains("not valid TOML"), "{message}");
     assert!(message.contains("line 4") || message.contains("4:"), "the parse error says where: {message}");

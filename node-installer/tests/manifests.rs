@@ -11,16 +11,22 @@
 //!
 //! `scripts/install-prerequisites.sh` installs both.
 //!
-//! The YAML is inspected with the line-based helpers of `e2e::manifests`
-//! rather than a YAML crate.
+//! The YAML is read with a YAML parser (`yaml_serde`), into the Kubernetes API
+//! types of `k8s-openapi` where a check is about one kind of object.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use e2e::manifests::{
-    child, describe, documents, field, items, kustomize, run_tool, scalars, significant_lines,
-};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::de::DeserializeOwned;
+use testbed::tool;
+use yaml_serde::Value;
 
 /// Kubernetes release the manifests are validated against; an older release
 /// than the newest, so that no field the clusters may lack slips in.
@@ -29,12 +35,12 @@ const K8S_VERSION: &str = "1.31.0";
 
 #[test]
 fn kustomization_renders() {
-    let rendered = rendered();
+    let documents = documents(rendered());
     for kind in
         ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "PriorityClass", "DaemonSet"]
     {
         assert!(
-            documents(rendered).iter().any(|doc| field(doc, "kind").as_deref() == Some(kind)),
+            documents.iter().any(|doc| doc["kind"].as_str() == Some(kind)),
             "`kubectl kustomize node-installer/deploy` renders no {kind}: \
              add its file to the `resources:` of node-installer/deploy/kustomization.yaml"
         );
@@ -51,13 +57,11 @@ fn manifests_are_valid_kubernetes_objects() {
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", rendered_file.display()));
 
     let files = [rendered_file, root.join("RuntimeClass.yaml"), root.join(EXAMPLE_POD)];
-    let mut args = vec!["--strict".into(), "-k".into(), K8S_VERSION.into()];
-    args.extend(files.iter().map(|f| f.display().to_string()));
-    let output = run_tool("kubernetes-validate", &args);
+    let output = run(Command::new("kubernetes-validate").args(["--strict", "-k", K8S_VERSION]).args(&files));
     assert!(
         output.status.success(),
         "kubernetes-validate rejects the manifests for Kubernetes {K8S_VERSION}; fix the fields it names:\n{}",
-        describe(&output)
+        tool::describe(&output)
     );
 }
 
@@ -65,87 +69,96 @@ fn manifests_are_valid_kubernetes_objects() {
 fn runtime_class_selects_only_ready_wasm_nodes() {
     let path = workspace_root().join("RuntimeClass.yaml");
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let runtime_class = significant_lines(&text);
+    let value: Value =
+        yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
 
-    assert_eq!(field(&runtime_class, "kind").as_deref(), Some("RuntimeClass"));
+    assert_eq!(value["kind"].as_str(), Some("RuntimeClass"));
+    let runtime_class: RuntimeClass = typed(value, "RuntimeClass.yaml");
     assert_eq!(
-        field(&runtime_class, "handler").as_deref(),
-        Some("wasmtime-custom"),
+        runtime_class.handler, "wasmtime-custom",
         "the handler must be the runtime name the installer registers in containerd"
     );
 
-    let scheduling = child(&runtime_class, "scheduling");
-    let node_selector = child(&scheduling, "nodeSelector");
+    let scheduling = runtime_class.scheduling.expect("the RuntimeClass has no `scheduling`");
+    let node_selector = scheduling.node_selector.expect("the RuntimeClass has no `scheduling.nodeSelector`");
     assert_eq!(
-        field(&node_selector, "kubernetes.azure.com/agentpool").as_deref(),
+        node_selector.get("kubernetes.azure.com/agentpool").map(String::as_str),
         Some("wasm"),
         "wasm pods must be scheduled on the wasm node pool only"
     );
     assert_eq!(
-        field(&node_selector, "wasmtime-custom.io/runtime").as_deref(),
+        node_selector.get("wasmtime-custom.io/runtime").map(String::as_str),
         Some("ready"),
         "wasm pods must wait for nodes the installer has marked ready"
     );
     assert!(
-        tolerates_wasm_pool(&child(&scheduling, "tolerations")),
+        tolerates_wasm_pool(scheduling.tolerations.as_deref()),
         "the RuntimeClass must tolerate the dedicated pool's taint workload=wasm:NoSchedule"
     );
 }
 
 #[test]
 fn daemonset_installs_through_the_host_root() {
-    let daemonset = document(rendered(), "DaemonSet");
-    let spec = child(&daemonset, "spec");
-    let pod = child(&child(&spec, "template"), "spec");
+    let daemonset: DaemonSet = document(rendered());
+    let spec = daemonset.spec.expect("the DaemonSet has no spec");
+    let pod = spec.template.spec.expect("the DaemonSet's pod template has no spec");
 
     assert_eq!(
-        field(&pod, "hostPID").as_deref(),
-        Some("true"),
-        "the installer restarts containerd through the host's PID 1: it needs hostPID"
+        pod.host_pid,
+        Some(true),
+        "the installer restarts containerd through the node's PID 1: it needs hostPID"
     );
     assert_eq!(
-        field(&child(&child(&spec, "updateStrategy"), "rollingUpdate"), "maxUnavailable").as_deref(),
-        Some("1"),
+        spec.update_strategy
+            .and_then(|strategy| strategy.rolling_update)
+            .and_then(|rolling_update| rolling_update.max_unavailable),
+        Some(IntOrString::Int(1)),
         "each install restarts containerd: update one node at a time"
     );
     assert!(
-        tolerates_wasm_pool(&child(&pod, "tolerations")),
+        tolerates_wasm_pool(pod.tolerations.as_deref()),
         "the installer must run on the tainted wasm pool"
     );
 
-    let installer = items(&child(&pod, "initContainers"))
+    let installer = pod
+        .init_containers
+        .unwrap_or_default()
         .into_iter()
-        .find(|c| field(c, "name").as_deref() == Some("installer"))
+        .find(|c| c.name == "installer")
         .expect("the DaemonSet has no init container named `installer`");
     assert_eq!(
-        field(&child(&installer, "securityContext"), "privileged").as_deref(),
-        Some("true"),
-        "the installer writes to the host and enters PID 1's namespaces: it must be privileged"
+        installer.security_context.and_then(|context| context.privileged),
+        Some(true),
+        "the installer writes to the node and enters PID 1's namespaces: it must be privileged"
     );
-    assert_eq!(scalars(&child(&installer, "args")), ["install", "--host-root", "/mnt/node-root"]);
+    assert_eq!(installer.args.unwrap_or_default(), ["install", "--host-root", "/mnt/node-root"]);
 
-    let mount = items(&child(&installer, "volumeMounts"))
+    let mount = installer
+        .volume_mounts
+        .unwrap_or_default()
         .into_iter()
-        .find(|m| field(m, "mountPath").as_deref() == Some("/mnt/node-root"))
+        .find(|m| m.mount_path == "/mnt/node-root")
         .expect("the installer mounts nothing at /mnt/node-root");
-    let volume_name = field(&mount, "name").expect("the /mnt/node-root mount has no volume name");
-    let volume = items(&child(&pod, "volumes"))
+    assert!(!mount.name.is_empty(), "the /mnt/node-root mount has no volume name");
+    let volume = pod
+        .volumes
+        .unwrap_or_default()
         .into_iter()
-        .find(|v| field(v, "name").as_deref() == Some(volume_name.as_str()))
-        .unwrap_or_else(|| panic!("the pod has no volume `{volume_name}` for /mnt/node-root"));
-    let host_path = child(&volume, "hostPath");
-    assert_eq!(field(&host_path, "path").as_deref(), Some("/"), "/mnt/node-root must be the host's `/`");
-    assert_eq!(field(&host_path, "type").as_deref(), Some("Directory"));
+        .find(|v| v.name == mount.name)
+        .unwrap_or_else(|| panic!("the pod has no volume `{}` for /mnt/node-root", mount.name));
+    let host_path = volume.host_path.expect("the /mnt/node-root volume is not a hostPath");
+    assert_eq!(host_path.path, "/", "/mnt/node-root must be the node's `/`");
+    assert_eq!(host_path.type_.as_deref(), Some("Directory"));
 }
 
 #[test]
 fn installer_may_only_get_and_patch_nodes() {
-    let role = document(rendered(), "ClusterRole");
-    let rules = items(&child(&role, "rules"));
+    let role: ClusterRole = document(rendered());
+    let rules = role.rules.unwrap_or_default();
     assert_eq!(rules.len(), 1, "the ClusterRole must hold a single rule, on nodes");
-    assert_eq!(scalars(&child(&rules[0], "apiGroups")), [""], "nodes are in the core API group");
-    assert_eq!(scalars(&child(&rules[0], "resources")), ["nodes"]);
-    assert_eq!(scalars(&child(&rules[0], "verbs")), ["get", "patch"]);
+    assert_eq!(rules[0].api_groups.as_deref(), Some(&[String::new()][..]), "nodes are in the core API group");
+    assert_eq!(rules[0].resources.as_deref(), Some(&["nodes".to_string()][..]));
+    assert_eq!(rules[0].verbs, ["get", "patch"]);
 }
 
 // ---- files and tools ----
@@ -160,27 +173,61 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs a tool to completion; a tool that is not installed fails the test
+/// with how to install it.
+fn run(command: &mut Command) -> Output {
+    tool::output(command).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 /// `kubectl kustomize node-installer/deploy`, rendered once per test run.
 fn rendered() -> &'static str {
     static RENDERED: OnceLock<String> = OnceLock::new();
-    RENDERED.get_or_init(|| kustomize(&workspace_root().join("node-installer/deploy")))
+    RENDERED.get_or_init(|| {
+        let dir = workspace_root().join("node-installer/deploy");
+        let output = run(Command::new("kubectl").arg("kustomize").arg(&dir));
+        assert!(
+            output.status.success(),
+            "`kubectl kustomize {}` failed; fix the kustomization:\n{}",
+            dir.display(),
+            tool::describe(&output)
+        );
+        String::from_utf8(output.stdout).expect("kubectl kustomize prints UTF-8")
+    })
 }
 
-/// The single document of the given `kind` in `stream`.
-fn document(stream: &str, kind: &str) -> Vec<String> {
-    let mut found = documents(stream).into_iter().filter(|doc| field(doc, "kind").as_deref() == Some(kind));
+/// The documents of a multi-document YAML stream (empty ones left out).
+fn documents(stream: &str) -> Vec<Value> {
+    yaml_serde::Deserializer::from_str(stream)
+        .map(|document| {
+            <Value as serde::Deserialize>::deserialize(document)
+                .unwrap_or_else(|e| panic!("the rendered manifests are not YAML: {e}\n{stream}"))
+        })
+        .filter(|document| !document.is_null())
+        .collect()
+}
+
+/// The single document of `K`'s kind in `stream`, as a `K`.
+fn document<K: k8s_openapi::Resource + DeserializeOwned>(stream: &str) -> K {
+    let kind = K::KIND;
+    let mut found = documents(stream).into_iter().filter(|doc| doc["kind"].as_str() == Some(kind));
     let doc = found.next().unwrap_or_else(|| panic!("no {kind} in the rendered manifests"));
     assert!(found.next().is_none(), "more than one {kind} in the rendered manifests");
-    doc
+    typed(doc, "the rendered manifests")
 }
 
-/// Whether a `tolerations` block tolerates the dedicated wasm pool's taint,
+/// `value` as the Kubernetes type `K`, failing with where it came from.
+fn typed<K: k8s_openapi::Resource + DeserializeOwned>(value: Value, source: &str) -> K {
+    yaml_serde::from_value(value)
+        .unwrap_or_else(|e| panic!("the {} of {source} does not read as one: {e}", K::KIND))
+}
+
+/// Whether `tolerations` tolerate the dedicated wasm pool's taint,
 /// workload=wasm:NoSchedule.
-fn tolerates_wasm_pool(tolerations: &[String]) -> bool {
-    items(tolerations).iter().any(|t| {
-        field(t, "key").as_deref() == Some("workload")
-            && field(t, "operator").as_deref() == Some("Equal")
-            && field(t, "value").as_deref() == Some("wasm")
-            && field(t, "effect").as_deref() == Some("NoSchedule")
+fn tolerates_wasm_pool(tolerations: Option<&[Toleration]>) -> bool {
+    tolerations.unwrap_or_default().iter().any(|t| {
+        t.key.as_deref() == Some("workload")
+            && t.operator.as_deref() == Some("Equal")
+            && t.value.as_deref() == Some("wasm")
+            && t.effect.as_deref() == Some("NoSchedule")
     })
 }

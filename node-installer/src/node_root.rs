@@ -1,7 +1,7 @@
-//! The node as the installer sees it: its root filesystem (`/` on the host
-//! itself, `/mnt/node-root` in the DaemonSet), and programs of the node run
-//! inside that root, so that the node's own containerd, libc and CPU
-//! architecture are what is checked.
+//! The node's root filesystem as the installer sees it (`--host-root`: `/`
+//! when the installer runs on the node itself, `/mnt/node-root` in the
+//! DaemonSet), and programs of the node run inside that root, so that the
+//! node's own containerd, libc and CPU architecture are what is checked.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -11,14 +11,16 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, Result, bail};
 
+/// The node's root filesystem: node paths are resolved under it, and node
+/// programs run chrooted into it.
 #[derive(Debug, Clone)]
-pub struct Host {
+pub struct NodeRoot {
     root: PathBuf,
 }
 
-impl Host {
-    pub fn new(root: impl Into<PathBuf>) -> Host {
-        Host { root: root.into() }
+impl NodeRoot {
+    pub fn new(root: impl Into<PathBuf>) -> NodeRoot {
+        NodeRoot { root: root.into() }
     }
 
     pub fn root(&self) -> &Path {
@@ -39,7 +41,8 @@ impl Host {
         if self.root == Path::new("/") {
             return Ok(Command::new(program));
         }
-        let root = CString::new(self.root.as_os_str().as_bytes()).context("host root path has a NUL byte")?;
+        let root =
+            CString::new(self.root.as_os_str().as_bytes()).context("the node root path has a NUL byte")?;
         let mut command = Command::new(program);
         // SAFETY: between fork and exec only async-signal-safe calls are made
         // (chroot, chdir), on memory allocated before the fork.
