@@ -1,5 +1,5 @@
 //! The order service: one WASI HTTP component that serves the distributor and
-//! both receivers (see `shared/APP-CONTRACT.md`).
+//! both receivers (its contract: `app/CONTRACT.md`).
 //!
 //! The decisions (which route, is the order valid, which binding, what to
 //! answer) live in [`order`] and [`routes`] as plain Rust with no WASI in

@@ -10,20 +10,22 @@
 //!
 //! The Dapr wiring is checked against the app itself: which routes it serves
 //! and which bindings it calls come from `app::routes::plan`, so renaming a
-//! route or a binding in the code without the manifests fails here.
+//! route or a binding in the code without the manifests fails here (the
+//! contract is `app/CONTRACT.md`).
 //!
-//! The YAML is read with the line-based helpers of `e2e::manifests`, shared
-//! with `node-installer/tests/manifests.rs`.
+//! The YAML is read with `yaml_serde`; Kubernetes objects as `k8s-openapi`
+//! types, Dapr Components as the struct below.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use e2e::manifests::{
-    child, child_opt, describe, documents, field, items, kustomize, run_tool, scalars, significant_lines,
-    unquote,
-};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, PodSpec, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
+use yaml_serde::Value;
 
 use app::routes::{DaprUrl, Plan, plan};
 
@@ -32,13 +34,13 @@ const K8S_VERSION: &str = "1.31.0";
 
 const NAMESPACE: &str = "orders";
 const APP_IDS: [&str; 3] = ["distributor", "receiver-express", "receiver-standard"];
-/// Each app id's input route (shared/APP-CONTRACT.md).
+/// Each app id's input route (app/CONTRACT.md).
 const INPUT_ROUTES: [(&str, &str); 3] = [
     ("distributor", "/q-order-ingress"),
     ("receiver-express", "/q-order-express-in"),
     ("receiver-standard", "/q-order-standard-in"),
 ];
-/// Every output binding the app calls (shared/APP-CONTRACT.md).
+/// Every output binding the app calls (app/CONTRACT.md).
 const OUTPUT_BINDINGS: [&str; 4] =
     ["q-order-express-out", "q-order-standard-out", "express-outbox", "standard-outbox"];
 const SERVICE_BUS: &str = "bindings.azure.servicebusqueues";
@@ -48,9 +50,9 @@ const SECRET: &str = "order-bindings";
 
 #[test]
 fn kustomization_renders_the_whole_flow() {
-    let docs = documents(rendered());
+    let docs = rendered();
     for (kind, count) in [("Namespace", 1), ("Deployment", 3), ("Service", 3), ("Component", 7)] {
-        let found = docs.iter().filter(|d| field(d, "kind").as_deref() == Some(kind)).count();
+        let found = docs.iter().filter(|d| kind_of(d) == kind).count();
         assert_eq!(
             found, count,
             "`kubectl kustomize app/deploy` renders {found} {kind}(s), expected {count}"
@@ -61,40 +63,40 @@ fn kustomization_renders_the_whole_flow() {
         14,
         "app/deploy renders objects beyond the Namespace, Deployments, Services and Components"
     );
-    for doc in &docs {
-        let meta = child(doc, "metadata");
-        let expected = if field(doc, "kind").as_deref() == Some("Namespace") { "name" } else { "namespace" };
+    for doc in docs {
+        let meta = &doc["metadata"];
+        let namespace = if kind_of(doc) == "Namespace" { &meta["name"] } else { &meta["namespace"] };
         assert_eq!(
-            field(&meta, expected).as_deref(),
+            namespace.as_str(),
             Some(NAMESPACE),
-            "{} must be in namespace {NAMESPACE}: Dapr Shared, installed there, loads only its own \
+            "{} {} must be in namespace {NAMESPACE}: Dapr Shared, installed there, loads only its own \
              namespace's Components",
-            name(doc)
+            kind_of(doc),
+            name_of(doc)
         );
     }
 }
 
 #[test]
 fn kubernetes_objects_pass_schema_validation() {
-    let objects: Vec<String> = documents(rendered())
-        .into_iter()
-        .filter(|doc| field(doc, "kind").as_deref() != Some("Component"))
-        .map(|doc| doc.join("\n"))
+    let objects: Vec<String> = rendered()
+        .iter()
+        .filter(|doc| kind_of(doc) != "Component")
+        .map(|doc| yaml_serde::to_string(doc).expect("a parsed document serialises"))
         .collect();
     assert_eq!(objects.len(), 7, "expected the Namespace, 3 Deployments and 3 Services to validate");
 
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("manifests");
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     let file = dir.join("app-deploy.yaml");
-    fs::write(&file, objects.join("\n---\n") + "\n")
+    fs::write(&file, objects.join("---\n"))
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
-    let args = ["--strict".into(), "-k".into(), K8S_VERSION.into(), file.display().to_string()];
-    let output = run_tool("kubernetes-validate", &args);
-    assert!(
-        output.status.success(),
-        "kubernetes-validate rejects app/deploy for Kubernetes {K8S_VERSION}; fix the fields it names:\n{}",
-        describe(&output)
-    );
+    let file = file.display().to_string();
+    if let Err(e) = testbed::tool::run("kubernetes-validate", &["--strict", "-k", K8S_VERSION, &file]) {
+        panic!(
+            "kubernetes-validate rejects app/deploy for Kubernetes {K8S_VERSION}; fix the fields it names:\n{e:#}"
+        );
+    }
 }
 
 #[test]
@@ -102,51 +104,47 @@ fn deployments_run_the_app_under_wasmtime_custom() {
     let images: BTreeSet<String> = APP_IDS
         .iter()
         .map(|app_id| {
-            let pod = pod_spec(&object("Deployment", app_id));
+            let pod = pod_spec(&deployment(app_id));
             assert_eq!(
-                field(&pod, "runtimeClassName").as_deref(),
+                pod.runtime_class_name.as_deref(),
                 Some("wasmtime-custom"),
                 "{app_id}: without runtimeClassName wasmtime-custom, runc would try to run the wasm image"
             );
             let app = container(&pod, app_id);
 
-            let port = items(&child(&app, "ports"))
-                .into_iter()
-                .find(|p| field(p, "name").as_deref() == Some("http"));
+            let ports = app.ports.clone().unwrap_or_default();
+            let port = ports.iter().find(|p| p.name.as_deref() == Some("http"));
             let port = port.unwrap_or_else(|| panic!("{app_id}: no container port named http"));
-            assert_eq!(field(&port, "containerPort").as_deref(), Some("8080"), "{app_id}: port http");
+            assert_eq!(port.container_port, 8080, "{app_id}: port http");
             assert_eq!(
                 env(&app, "WASMTIME_CUSTOM_LISTEN").as_deref(),
                 Some("0.0.0.0:8080"),
                 "{app_id}: the shim must listen on the container port, on all addresses of the pod"
             );
 
-            for probe in ["readinessProbe", "livenessProbe"] {
-                let get = child(&child(&app, probe), "httpGet");
-                assert_eq!(field(&get, "path").as_deref(), Some("/healthz"), "{app_id}: {probe} path");
-                assert_eq!(field(&get, "port").as_deref(), Some("http"), "{app_id}: {probe} port");
+            for (probe, spec) in [("readinessProbe", &app.readiness_probe), ("livenessProbe", &app.liveness_probe)] {
+                let get = spec.as_ref().and_then(|p| p.http_get.as_ref());
+                let get = get.unwrap_or_else(|| panic!("{app_id}: no {probe}.httpGet"));
+                assert_eq!(get.path.as_deref(), Some("/healthz"), "{app_id}: {probe} path");
+                assert_eq!(get.port, IntOrString::String("http".into()), "{app_id}: {probe} port");
             }
 
             let dapr_url = env(&app, "DAPR_URL").unwrap_or_else(|| panic!("{app_id}: DAPR_URL is not set"));
             DaprUrl::parse(Some(&dapr_url)).unwrap_or_else(|e| panic!("{app_id}: the app refuses {e}"));
 
-            let limits = child(&child(&app, "resources"), "limits");
+            let limits = app.resources.as_ref().and_then(|r| r.limits.clone()).unwrap_or_default();
             assert!(
-                field(&limits, "memory").is_some() && field(&limits, "cpu").is_some(),
+                limits.contains_key("memory") && limits.contains_key("cpu"),
                 "{app_id}: the app container needs cpu and memory limits"
             );
-            let security = child(&app, "securityContext");
-            assert_eq!(
-                field(&security, "allowPrivilegeEscalation").as_deref(),
-                Some("false"),
-                "{app_id}: allowPrivilegeEscalation"
-            );
-            let pod_security = child_opt(&pod, "securityContext").unwrap_or_default();
+            let security = app.security_context.clone().unwrap_or_default();
+            assert_eq!(security.allow_privilege_escalation, Some(false), "{app_id}: allowPrivilegeEscalation");
+            let pod_non_root = pod.security_context.as_ref().and_then(|s| s.run_as_non_root);
             assert!(
-                field(&security, "runAsNonRoot").is_none() && field(&pod_security, "runAsNonRoot").is_none(),
+                security.run_as_non_root.is_none() && pod_non_root.is_none(),
                 "{app_id}: runAsNonRoot would stop the kubelet from starting a wasm image (it declares no user)"
             );
-            field(&app, "image").unwrap_or_else(|| panic!("{app_id}: no image"))
+            app.image.clone().unwrap_or_else(|| panic!("{app_id}: no image"))
         })
         .collect();
     assert_eq!(images.len(), 1, "the three Deployments must run the same image, found {images:?}");
@@ -155,7 +153,7 @@ fn deployments_run_the_app_under_wasmtime_custom() {
 #[test]
 fn timeouts_let_requests_finish_within_the_shutdown_grace() {
     for app_id in APP_IDS {
-        let pod = pod_spec(&object("Deployment", app_id));
+        let pod = pod_spec(&deployment(app_id));
         let app = container(&pod, app_id);
         let seconds = |value: Option<String>, what: &str| -> u64 {
             value
@@ -164,7 +162,10 @@ fn timeouts_let_requests_finish_within_the_shutdown_grace() {
         };
         let request = seconds(env(&app, "WASMTIME_CUSTOM_REQUEST_TIMEOUT_SECONDS"), "the request timeout");
         let drain = seconds(env(&app, "WASMTIME_CUSTOM_GRACE_SECONDS"), "WASMTIME_CUSTOM_GRACE_SECONDS");
-        let kill = seconds(field(&pod, "terminationGracePeriodSeconds"), "terminationGracePeriodSeconds");
+        let kill = seconds(
+            pod.termination_grace_period_seconds.map(|s| s.to_string()),
+            "terminationGracePeriodSeconds",
+        );
         assert!(
             request < drain && drain < kill,
             "{app_id}: need request timeout ({request}) < shim drain ({drain}) < terminationGracePeriodSeconds \
@@ -177,7 +178,7 @@ fn timeouts_let_requests_finish_within_the_shutdown_grace() {
             request < handler,
             "{app_id}: the shim's request timeout ({request}) must be below {}'s handlerTimeoutInSec \
              ({handler}), so a hung request is answered (and redelivered) before Dapr gives up on it",
-            input.name
+            input.metadata.name
         );
     }
 }
@@ -185,24 +186,26 @@ fn timeouts_let_requests_finish_within_the_shutdown_grace() {
 #[test]
 fn services_expose_each_deployment_on_port_80() {
     for app_id in APP_IDS {
-        let service = object("Service", app_id);
-        let spec = child(&service, "spec");
-        let labels = child(
-            &child(&child(&child(&object("Deployment", app_id), "spec"), "template"), "metadata"),
-            "labels",
-        );
-        for selector in child(&spec, "selector") {
-            let (key, value) = selector.trim().split_once(':').expect("selector lines are key: value");
+        let spec = service(app_id).spec.unwrap_or_else(|| panic!("Service {app_id}: no spec"));
+        let template = deployment(app_id).spec.map(|s| s.template).unwrap_or_default();
+        let labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
+        let selector = spec.selector.clone().unwrap_or_default();
+        assert!(!selector.is_empty(), "Service {app_id}: no selector");
+        for (key, value) in &selector {
             assert_eq!(
-                field(&labels, key),
-                Some(unquote(value.trim())),
+                labels.get(key),
+                Some(value),
                 "Service {app_id}: selector {key} does not match the Deployment's pod labels"
             );
         }
-        let ports = items(&child(&spec, "ports"));
+        let ports = spec.ports.unwrap_or_default();
         assert_eq!(ports.len(), 1, "Service {app_id}: one port");
-        assert_eq!(field(&ports[0], "port").as_deref(), Some("80"), "Service {app_id}: port");
-        assert_eq!(field(&ports[0], "targetPort").as_deref(), Some("http"), "Service {app_id}: targetPort");
+        assert_eq!(ports[0].port, 80, "Service {app_id}: port");
+        assert_eq!(
+            ports[0].target_port,
+            Some(IntOrString::String("http".into())),
+            "Service {app_id}: targetPort"
+        );
     }
 }
 
@@ -210,33 +213,32 @@ fn services_expose_each_deployment_on_port_80() {
 fn components_are_bindings_scoped_to_app_ids() {
     let secret_keys = secret_keys();
     for c in components() {
-        assert_eq!(c.api_version.as_deref(), Some("dapr.io/v1alpha1"), "{}", c.name);
-        assert!(c.kind == SERVICE_BUS || c.kind == BLOB_STORAGE, "{}: unexpected type {}", c.name, c.kind);
-        assert_eq!(c.version.as_deref(), Some("v1"), "{}", c.name);
+        let name = &c.metadata.name;
+        assert_eq!(c.api_version, "dapr.io/v1alpha1", "{name}");
+        assert!(
+            c.spec.kind == SERVICE_BUS || c.spec.kind == BLOB_STORAGE,
+            "{name}: unexpected type {}",
+            c.spec.kind
+        );
+        assert_eq!(c.spec.version, "v1", "{name}");
         assert!(
             !c.scopes.is_empty() && c.scopes.iter().all(|s| APP_IDS.contains(&s.as_str())),
-            "{}: scopes {:?} must name app ids of this flow (unscoped, every daprd of the namespace loads it)",
-            c.name,
+            "{name}: scopes {:?} must name app ids of this flow (unscoped, every daprd of the namespace loads it)",
             c.scopes
         );
         let direction = c.value("direction");
-        assert!(
-            matches!(direction.as_deref(), Some("input" | "output")),
-            "{}: direction {direction:?}",
-            c.name
-        );
-        assert_eq!(c.is_input(), c.value("route").is_some(), "{}: a route exactly on input bindings", c.name);
-        let target = if c.kind == SERVICE_BUS { "queueName" } else { "containerName" };
-        assert!(c.value(target).is_some(), "{}: no {target}", c.name);
+        assert!(matches!(direction.as_deref(), Some("input" | "output")), "{name}: direction {direction:?}");
+        assert_eq!(c.is_input(), c.value("route").is_some(), "{name}: a route exactly on input bindings");
+        let target = if c.spec.kind == SERVICE_BUS { "queueName" } else { "containerName" };
+        assert!(c.value(target).is_some(), "{name}: no {target}");
 
-        for entry in &c.metadata {
-            if let Some(reference) = child_opt(entry, "secretKeyRef") {
-                assert_eq!(field(&reference, "name").as_deref(), Some(SECRET), "{}", c.name);
-                let key = field(&reference, "key").unwrap_or_default();
+        for entry in &c.spec.metadata {
+            if let Some(reference) = &entry.secret_key_ref {
+                assert_eq!(reference.name, SECRET, "{name}");
                 assert!(
-                    secret_keys.contains(&key),
-                    "{}: secret key {key:?} is not in app/deploy/secrets.env.example {secret_keys:?}",
-                    c.name
+                    secret_keys.contains(&reference.key),
+                    "{name}: secret key {:?} is not in app/deploy/secrets.env.example {secret_keys:?}",
+                    reference.key
                 );
             }
         }
@@ -250,7 +252,12 @@ fn every_route_and_binding_of_the_app_is_wired() {
     for (app_id, route) in INPUT_ROUTES {
         let input = components.iter().find(|c| c.value("route").as_deref() == Some(route));
         let input = input.unwrap_or_else(|| panic!("no input binding has the route {route}"));
-        assert_eq!(input.scopes, [app_id], "{}: delivers to {route}, an endpoint of {app_id}", input.name);
+        assert_eq!(
+            input.scopes,
+            [app_id],
+            "{}: delivers to {route}, an endpoint of {app_id}",
+            input.metadata.name
+        );
         match plan("OPTIONS", route, b"") {
             Plan::Reply(reply) if (200..300).contains(&reply.status) => {}
             other => panic!("the app must answer Dapr's OPTIONS probe of {route} with 2xx, plans {other:?}"),
@@ -260,11 +267,11 @@ fn every_route_and_binding_of_the_app_is_wired() {
             let Plan::Call(call) = plan("POST", route, order.as_bytes()) else {
                 panic!("the app does not call a binding for a {delivery} order on {route}")
             };
-            let output = components.iter().find(|c| c.name == call.binding && !c.is_input());
+            let output = components.iter().find(|c| c.metadata.name == call.binding && !c.is_input());
             let output = output.unwrap_or_else(|| {
                 panic!("{route} calls {}, which no output Component defines", call.binding)
             });
-            assert_eq!(output.scopes, [app_id], "{}: called by {app_id} only", output.name);
+            assert_eq!(output.scopes, [app_id], "{}: called by {app_id} only", output.metadata.name);
             called.insert(call.binding);
         }
     }
@@ -272,13 +279,20 @@ fn every_route_and_binding_of_the_app_is_wired() {
 
     // A queue written by one binding is read by another, and both agree on the
     // settings the queue is created with (whichever daprd finds it missing).
-    for output in components.iter().filter(|c| c.kind == SERVICE_BUS && !c.is_input()) {
+    for output in components.iter().filter(|c| c.spec.kind == SERVICE_BUS && !c.is_input()) {
         let queue = output.value("queueName");
         let input = components.iter().find(|c| c.is_input() && c.value("queueName") == queue);
-        let input =
-            input.unwrap_or_else(|| panic!("{} writes {queue:?}, which no input binding reads", output.name));
+        let input = input.unwrap_or_else(|| {
+            panic!("{} writes {queue:?}, which no input binding reads", output.metadata.name)
+        });
         for key in ["maxDeliveryCount", "lockDurationInSec"] {
-            assert_eq!(output.value(key), input.value(key), "{key} of {} and {}", output.name, input.name);
+            assert_eq!(
+                output.value(key),
+                input.value(key),
+                "{key} of {} and {}",
+                output.metadata.name,
+                input.metadata.name
+            );
         }
     }
 }
@@ -296,14 +310,16 @@ fn dapr_shared_values_match_the_deployments() {
         };
         let text =
             fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        let values = significant_lines(&text);
-        let shared = child(&values, "shared");
-        let app_id = field(&shared, "appId").unwrap_or_else(|| panic!("{}: no shared.appId", path.display()));
+        let values: Value =
+            yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
+        let shared = &values["shared"];
+        let app_id =
+            scalar(&shared["appId"]).unwrap_or_else(|| panic!("{}: no shared.appId", path.display()));
         assert_eq!(app_id, stem, "{}: named after its app id", path.display());
         assert!(APP_IDS.contains(&app_id.as_str()), "{app_id}: no Deployment of that name");
 
         // The chart names the Service `<appId>-dapr`, Dapr's HTTP API on 3500.
-        let app = container(&pod_spec(&object("Deployment", &app_id)), &app_id);
+        let app = container(&pod_spec(&deployment(&app_id)), &app_id);
         let dapr = DaprUrl::parse(env(&app, "DAPR_URL").as_deref()).expect("DAPR_URL parses");
         assert!(
             in_namespace(&dapr.authority, &format!("{app_id}-dapr"), Some("3500")),
@@ -312,28 +328,27 @@ fn dapr_shared_values_match_the_deployments() {
             dapr.authority
         );
         assert_eq!(
-            field(&values, "fullnameOverride"),
+            scalar(&values["fullnameOverride"]),
             Some(format!("{app_id}-dapr")),
             "{app_id}: the release's Deployment is named like its Service"
         );
 
         // daprd's --app-channel-address and --app-port: the app's Service.
-        let remote = field(&shared, "remoteURL").unwrap_or_default();
+        let remote = scalar(&shared["remoteURL"]).unwrap_or_default();
         assert!(
             in_namespace(&remote, &app_id, None),
             "{app_id}: remoteURL {remote:?} is not Service {app_id}"
         );
-        let service_port =
-            field(&items(&child(&child(&object("Service", &app_id), "spec"), "ports"))[0], "port");
-        assert_eq!(field(&shared, "remotePort"), service_port, "{app_id}: remotePort is the Service's port");
+        let service_port = service(&app_id).spec.and_then(|s| s.ports).map(|p| p[0].port.to_string());
+        assert_eq!(scalar(&shared["remotePort"]), service_port, "{app_id}: remotePort is the Service's port");
 
-        assert_eq!(field(&shared, "strategy").as_deref(), Some("deployment"), "{app_id}: shared.strategy");
-        let replicas = field(&child(&shared, "deployment"), "replicas").and_then(|r| r.parse::<u32>().ok());
+        assert_eq!(scalar(&shared["strategy"]).as_deref(), Some("deployment"), "{app_id}: shared.strategy");
+        let replicas = shared["deployment"]["replicas"].as_u64();
         assert!(replicas.is_some_and(|r| r > 0), "{app_id}: shared.deployment.replicas must be fixed");
-        let health = child(&child(&shared, "daprd"), "appHealth");
-        assert_eq!(field(&health, "enabled").as_deref(), Some("true"), "{app_id}: app health check");
+        let health = &shared["daprd"]["appHealth"];
+        assert_eq!(health["enabled"].as_bool(), Some(true), "{app_id}: app health check");
         assert_eq!(
-            field(&health, "checkPath").as_deref(),
+            scalar(&health["checkPath"]).as_deref(),
             Some("/healthz"),
             "{app_id}: the chart reads checkPath"
         );
@@ -344,22 +359,49 @@ fn dapr_shared_values_match_the_deployments() {
 
 // ---- the rendered objects ----
 
-/// A Dapr Component, as far as the checks need it.
+/// A Dapr Component (`dapr.io/v1alpha1`), as far as the checks need it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Component {
-    name: String,
-    api_version: Option<String>,
-    kind: String,
-    version: Option<String>,
+    api_version: String,
+    metadata: ComponentMeta,
+    spec: ComponentSpec,
+    #[serde(default)]
     scopes: Vec<String>,
-    /// The `spec.metadata` items.
-    metadata: Vec<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct ComponentMeta {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct ComponentSpec {
+    #[serde(rename = "type")]
+    kind: String,
+    version: String,
+    metadata: Vec<MetadataEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetadataEntry {
+    name: String,
+    value: Option<Value>,
+    secret_key_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Deserialize)]
+struct SecretKeyRef {
+    name: String,
+    key: String,
 }
 
 impl Component {
-    /// The plain `value` of a metadata entry.
+    /// The plain `value` of a metadata entry, as text.
     fn value(&self, key: &str) -> Option<String> {
-        let entry = self.metadata.iter().find(|m| field(m, "name").as_deref() == Some(key))?;
-        field(entry, "value")
+        let entry = self.spec.metadata.iter().find(|m| m.name == key)?;
+        scalar(entry.value.as_ref()?)
     }
 
     fn is_input(&self) -> bool {
@@ -368,53 +410,64 @@ impl Component {
 }
 
 fn components() -> Vec<Component> {
-    documents(rendered())
-        .into_iter()
-        .filter(|doc| field(doc, "kind").as_deref() == Some("Component"))
+    rendered()
+        .iter()
+        .filter(|doc| kind_of(doc) == "Component")
         .map(|doc| {
-            let spec = child(&doc, "spec");
-            Component {
-                name: name(&doc),
-                api_version: field(&doc, "apiVersion"),
-                kind: field(&spec, "type").unwrap_or_default(),
-                version: field(&spec, "version"),
-                scopes: child_opt(&doc, "scopes").map(|s| scalars(&s)).unwrap_or_default(),
-                metadata: items(&child(&spec, "metadata")),
-            }
+            yaml_serde::from_value(doc.clone())
+                .unwrap_or_else(|e| panic!("Component {} does not read as one: {e}", name_of(doc)))
         })
         .collect()
 }
 
-/// The one rendered object of `kind` named `name`.
-fn object(kind: &str, wanted: &str) -> Vec<String> {
-    let mut found = documents(rendered())
-        .into_iter()
-        .filter(|doc| field(doc, "kind").as_deref() == Some(kind) && name(doc) == wanted);
+/// A YAML scalar as text (strings, numbers, booleans), as Dapr reads metadata.
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn kind_of(doc: &Value) -> &str {
+    doc["kind"].as_str().unwrap_or_default()
+}
+
+fn name_of(doc: &Value) -> &str {
+    doc["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+/// The one rendered object of `kind` named `wanted`, as type `T`.
+fn object<T: serde::de::DeserializeOwned>(kind: &str, wanted: &str) -> T {
+    let mut found = rendered().iter().filter(|doc| kind_of(doc) == kind && name_of(doc) == wanted);
     let doc = found.next().unwrap_or_else(|| panic!("app/deploy renders no {kind} {wanted}"));
     assert!(found.next().is_none(), "app/deploy renders two {kind}s named {wanted}");
-    doc
+    yaml_serde::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{kind} {wanted} does not read as one: {e}"))
 }
 
-fn name(doc: &[String]) -> String {
-    field(&child(doc, "metadata"), "name").unwrap_or_default()
+fn deployment(name: &str) -> Deployment {
+    object("Deployment", name)
 }
 
-fn pod_spec(deployment: &[String]) -> Vec<String> {
-    child(&child(&child(deployment, "spec"), "template"), "spec")
+fn service(name: &str) -> Service {
+    object("Service", name)
+}
+
+fn pod_spec(deployment: &Deployment) -> PodSpec {
+    let spec = deployment.spec.as_ref().and_then(|s| s.template.spec.clone());
+    spec.unwrap_or_else(|| panic!("Deployment {:?} has no pod spec", deployment.metadata.name))
 }
 
 /// The pod's only container.
-fn container(pod: &[String], app_id: &str) -> Vec<String> {
-    let mut containers = items(&child(pod, "containers"));
-    assert_eq!(containers.len(), 1, "{app_id}: the pod must hold the app container only (no sidecar)");
-    containers.remove(0)
+fn container(pod: &PodSpec, app_id: &str) -> Container {
+    assert_eq!(pod.containers.len(), 1, "{app_id}: the pod must hold the app container only (no sidecar)");
+    pod.containers[0].clone()
 }
 
-fn env(container: &[String], key: &str) -> Option<String> {
-    let entry = items(&child_opt(container, "env")?)
-        .into_iter()
-        .find(|e| field(e, "name").as_deref() == Some(key))?;
-    field(&entry, "value")
+fn env(container: &Container, key: &str) -> Option<String> {
+    container.env.as_ref()?.iter().find(|e| e.name == key)?.value.clone()
 }
 
 /// Whether `host[:port]` names the Service `service` of the flow's namespace,
@@ -434,8 +487,9 @@ fn in_namespace(authority: &str, service: &str, port: Option<&str>) -> bool {
 fn secret_keys() -> BTreeSet<String> {
     let path = deploy_dir().join("secrets.env.example");
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    significant_lines(&text)
-        .iter()
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter_map(|l| l.split_once('='))
         .map(|(k, _)| k.trim().to_owned())
         .collect()
@@ -447,8 +501,18 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
 }
 
-/// `kubectl kustomize app/deploy`, rendered once per test run.
-fn rendered() -> &'static str {
-    static RENDERED: OnceLock<String> = OnceLock::new();
-    RENDERED.get_or_init(|| kustomize(&deploy_dir()))
+/// `kubectl kustomize app/deploy`, rendered and parsed once per test run.
+fn rendered() -> &'static [Value] {
+    static RENDERED: OnceLock<Vec<Value>> = OnceLock::new();
+    RENDERED.get_or_init(|| {
+        let dir = deploy_dir().display().to_string();
+        let text = testbed::tool::run("kubectl", &["kustomize", &dir])
+            .unwrap_or_else(|e| panic!("`kubectl kustomize {dir}` failed; fix the kustomization:\n{e:#}"));
+        yaml_serde::Deserializer::from_str(&text)
+            .map(|doc| {
+                Value::deserialize(doc).unwrap_or_else(|e| panic!("kubectl kustomize printed bad YAML: {e}"))
+            })
+            .filter(|doc| !doc.is_null())
+            .collect()
+    })
 }
