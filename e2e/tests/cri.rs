@@ -10,11 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use e2e::containerd::Containerd;
-use e2e::http;
-use e2e::node::FakeNode;
-use e2e::standin::StandIn;
+use anyhow::{Context, Result};
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest, CreateContainerRequest,
     ImageSpec, KeyValue, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
@@ -23,6 +19,11 @@ use k8s_cri::v1::{
     StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use node_installer::cri::{self, RuntimeClient};
+use support::dapr_recorder::DaprRecorder;
+use support::http;
+use testbed::{FakeNode, InstalledNode, Paths, Version, poll};
+
+mod support;
 
 const HANDLER: &str = "wasmtime-custom";
 const APP: &str = "localhost/wasmtime-custom/app:latest";
@@ -31,14 +32,13 @@ const BUSYBOX: &str = "localhost/wasmtime-custom/busybox:latest";
 
 /// A node whose containerd got the runtime from the node installer, with
 /// the images the pods use.
-fn installed_node(version: &'static str) -> Result<(FakeNode, Containerd)> {
-    let (node, containerd) = e2e::node::installed(version)?;
+fn installed_node(version: Version) -> Result<InstalledNode> {
+    let installed = InstalledNode::start(&Paths::from_env()?, version)?;
     // Images for CRI live in the k8s.io namespace.
     for archive in ["pause.tar", "busybox.tar", "app.tar", "test-http.tar"] {
-        let path = e2e::containerd::images_dir().join(archive).display().to_string();
-        containerd.ctr_ok(&["-n", "k8s.io", "images", "import", &path])?;
+        installed.containerd.import_into("k8s.io", archive, &[])?;
     }
-    Ok((node, containerd))
+    Ok(installed)
 }
 
 fn sandbox_config(name: &str, logs: &Path) -> PodSandboxConfig {
@@ -91,6 +91,22 @@ fn container_config(name: &str, image: &str, env: &[(&str, String)], command: &[
     }
 }
 
+/// `RunPodSandbox` of pod `name` with runtime handler wasmtime-custom, its
+/// containers logging under `logs`; the pod's id and config.
+async fn run_pod(client: &mut RuntimeClient, name: &str, logs: &Path) -> Result<(String, PodSandboxConfig)> {
+    let sandbox = sandbox_config(name, logs);
+    let pod = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: HANDLER.into(),
+        })
+        .await
+        .context("RunPodSandbox")?
+        .into_inner()
+        .pod_sandbox_id;
+    Ok((pod, sandbox))
+}
+
 async fn start_container(
     client: &mut RuntimeClient,
     pod: &str,
@@ -117,22 +133,16 @@ async fn start_container(
 
 /// Waits for the container to exit; its exit code.
 async fn exit_code(client: &mut RuntimeClient, id: &str, timeout: Duration) -> Result<i32> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    poll::until_async(&format!("container {id} to exit"), timeout, async || {
         let status = client
             .container_status(ContainerStatusRequest { container_id: id.into(), verbose: false })
             .await?
             .into_inner()
             .status
             .context("no container status")?;
-        if status.state == ContainerState::ContainerExited as i32 {
-            return Ok(status.exit_code);
-        }
-        if Instant::now() > deadline {
-            bail!("container {id} still runs after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok((status.state == ContainerState::ContainerExited as i32).then_some(status.exit_code))
+    })
+    .await
 }
 
 /// The pod the test works in.
@@ -152,39 +162,31 @@ async fn sleeping_container(
     name: &str,
     port: u16,
     ms: u64,
-) -> Result<(String, std::thread::JoinHandle<Result<http::Response>>)> {
+) -> Result<(String, std::thread::JoinHandle<Result<http::Reply>>)> {
     let listen = format!("0.0.0.0:{port}");
     let config = container_config(name, TEST_HTTP, &[("WASMTIME_CUSTOM_LISTEN", listen)], &[]);
     let id = start_container(client, pod.pod, pod.sandbox, config).await?;
-    wait_http(pod.ip, port).await?;
-    let ip = pod.ip.to_string();
-    let request =
-        std::thread::spawn(move || http::request_to(&ip, port, "GET", &format!("/sleep?ms={ms}"), ""));
+    wait_listening(pod.ip, port).await?;
+    let url = format!("http://{}:{port}/sleep?ms={ms}", pod.ip);
+    let request = std::thread::spawn(move || http::call("GET", &url, "", &[]));
     wait_for_log_line(&pod.logs.join(format!("{name}.log")), &format!("] sleeping {ms} ms")).await?;
     Ok((id, request))
 }
 
 /// Waits until the CRI log file at `path` has a line containing `text`.
 async fn wait_for_log_line(path: &Path, text: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(path).unwrap_or_default().contains(text) {
-        if Instant::now() > deadline {
-            bail!("{text:?} did not appear in {} within 10 s", path.display());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    let what = format!("{text:?} in {}", path.display());
+    poll::until_async(&what, Duration::from_secs(10), async || {
+        Ok(std::fs::read_to_string(path).unwrap_or_default().contains(text).then_some(()))
+    })
+    .await
 }
 
-async fn wait_http(ip: &str, port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect((ip, port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on {ip}:{port} after 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
+async fn wait_listening(ip: &str, port: u16) -> Result<()> {
+    poll::until_async(&format!("something to listen on {ip}:{port}"), Duration::from_secs(30), async || {
+        Ok(tokio::net::TcpStream::connect((ip, port)).await.ok().map(drop))
+    })
+    .await
 }
 
 /// What is left on the host that names `id`: processes, mounts, network
@@ -215,17 +217,15 @@ fn leftovers(id: &str, state: &Path) -> Vec<String> {
     found
 }
 
-async fn the_kubelet_path(version: &'static str) -> Result<()> {
-    let (node, containerd) = installed_node(version)?;
-    let result = drive(version, &node).await;
+async fn the_kubelet_path(version: Version) -> Result<()> {
+    let installed = installed_node(version)?;
+    let result = drive(version, &installed.node).await;
     result.map_err(|e| {
-        let log = containerd.log();
-        let tail: Vec<&str> = log.lines().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
-        e.context(format!("containerd {version}'s log ends with:\n{}", tail.join("\n")))
+        e.context(format!("containerd {version}'s log ends with:\n{}", installed.containerd.log_tail(400)))
     })
 }
 
-async fn drive(version: &'static str, node: &FakeNode) -> Result<()> {
+async fn drive(version: Version, node: &FakeNode) -> Result<()> {
     let socket = node.socket();
     let mut client = cri::connect(&socket).await?;
 
@@ -235,16 +235,7 @@ async fn drive(version: &'static str, node: &FakeNode) -> Result<()> {
 
     // The pod sandbox, run by the wasmtime-custom shim (its pause container is Linux).
     let logs = tempfile::tempdir()?;
-    let sandbox = sandbox_config("wasm-pod", logs.path());
-    let pod = client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: HANDLER.into(),
-        })
-        .await
-        .context("RunPodSandbox")?
-        .into_inner()
-        .pod_sandbox_id;
+    let (pod, sandbox) = run_pod(&mut client, "wasm-pod", logs.path()).await?;
     let status = client
         .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
         .await?
@@ -252,11 +243,11 @@ async fn drive(version: &'static str, node: &FakeNode) -> Result<()> {
         .status
         .context("no sandbox status")?;
     let ip = status.network.context("the pod has no network status")?.ip;
-    assert!(ip.starts_with(&node.gateway()[..node.gateway().len() - 1]), "pod IP {ip} from the CNI subnet");
+    assert!(ip.starts_with(&node.pod_subnet_prefix()), "pod IP {ip} from the CNI subnet");
     println!("containerd {version}: RunPodSandbox {pod} with IP {ip}");
 
     // The app, with Dapr's stand-in on the host side of the pod network.
-    let dapr = StandIn::start_on(&node.gateway())?;
+    let dapr = DaprRecorder::start_on(&node.gateway())?;
     let app = start_container(
         &mut client,
         &pod,
@@ -269,17 +260,18 @@ async fn drive(version: &'static str, node: &FakeNode) -> Result<()> {
         ),
     )
     .await?;
-    wait_http(&ip, 8080).await?;
-    let health = http::request_to(&ip, 8080, "GET", "/healthz", "")?;
+    wait_listening(&ip, 8080).await?;
+    let app_url = |path: &str| format!("http://{ip}:8080{path}");
+    let health = http::call("GET", &app_url("/healthz"), "", &[])?;
     assert_eq!((health.status, health.body.as_str()), (200, "Healthy"));
     let sent =
-        http::request_to(&ip, 8080, "POST", "/q-order-ingress", r#"{"orderId":7,"delivery":"Standard"}"#)?;
+        http::call("POST", &app_url("/q-order-ingress"), r#"{"orderId":7,"delivery":"Standard"}"#, &[])?;
     assert_eq!(sent.status, 200, "{}", sent.body);
     assert_eq!(dapr.take_calls().len(), 1);
     println!(
         "containerd {version}: app container {app}: GET /healthz 200 from the host, POST /q-order-ingress 200"
     );
-    let refused = http::request_to(&ip, 8080, "POST", "/q-order-ingress", "{")?;
+    let refused = http::call("POST", &app_url("/q-order-ingress"), "{", &[])?;
     assert_eq!(refused.status, 400);
     let refused_id = refused.header("x-request-id").context("request id")?.to_string();
 
@@ -341,7 +333,7 @@ async fn drive(version: &'static str, node: &FakeNode) -> Result<()> {
     }
     client.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
     client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
-    let state = node.root().join("run/containerd/state");
+    let state = node.state_dir();
     let mut left: HashMap<&str, Vec<String>> = HashMap::new();
     for id in [&pod, &app, &sidecar, &slow, &stuck] {
         let found = leftovers(id, &state);
@@ -356,10 +348,57 @@ async fn drive(version: &'static str, node: &FakeNode) -> Result<()> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn kubelet_path_on_containerd_1_7() -> Result<()> {
-    the_kubelet_path("1.7").await
+    the_kubelet_path(Version::V1_7).await
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn kubelet_path_on_containerd_2_1() -> Result<()> {
-    the_kubelet_path("2.1").await
+    the_kubelet_path(Version::V2_1).await
+}
+
+/// The kubelet's stop of a command (a Job's pod being deleted):
+/// `StopContainer` with a generous timeout sends SIGTERM, and a command that
+/// sleeps ends at once with 143, long before the timeout would have it killed.
+#[tokio::test(flavor = "current_thread")]
+async fn stop_container_ends_a_sleeping_command_at_once_with_143_on_containerd_1_7() -> Result<()> {
+    const TEST_COMMAND: &str = "localhost/wasmtime-custom/test-command:latest";
+    let installed = installed_node(Version::V1_7)?;
+    installed.containerd.import_into("k8s.io", "test-command.tar", &[])?;
+    let stop = async {
+        let socket = installed.node.socket();
+        let mut client = cri::connect(&socket).await?;
+        cri::wait_healthy(&socket, Some(HANDLER), Duration::from_secs(30)).await?;
+        let logs = tempfile::tempdir()?;
+        let (pod, sandbox) = run_pod(&mut client, "command-pod", logs.path()).await?;
+        let config = container_config("sleeper", TEST_COMMAND, &[], &["/app.wasm", "sleep", "600000"]);
+        let sleeper = start_container(&mut client, &pod, &sandbox, config).await?;
+        let log = logs.path().join("sleeper.log");
+        wait_for_log_line(&log, " stdout F sleeping 600000 ms").await?;
+
+        let stopping = Instant::now();
+        client.stop_container(StopContainerRequest { container_id: sleeper.clone(), timeout: 30 }).await?;
+        let took = stopping.elapsed();
+        assert!(took < Duration::from_secs(5), "StopContainer(timeout 30) took {took:?}");
+        assert_eq!(
+            exit_code(&mut client, &sleeper, Duration::from_secs(5)).await?,
+            143,
+            "stopped by SIGTERM"
+        );
+        let text = std::fs::read_to_string(&log)?;
+        assert!(
+            text.contains(" stderr F wasmtime-custom: SIGTERM stopped the guest (exit code 143)"),
+            "{text}"
+        );
+        println!(
+            "containerd 1.7: StopContainer(timeout 30) of a command sleeping 600 s: took {took:?}, exit 143"
+        );
+
+        client.remove_container(RemoveContainerRequest { container_id: sleeper }).await?;
+        client.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+        client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await?;
+        Ok::<(), anyhow::Error>(())
+    };
+    stop.await.map_err(|e| {
+        e.context(format!("containerd 1.7's log ends with:\n{}", installed.containerd.log_tail(400)))
+    })
 }

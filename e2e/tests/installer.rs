@@ -1,23 +1,18 @@
 //! The node installer against a real containerd: a private containerd whose
-//! config lives in a fake node root (see `e2e::node`), restarted by the
+//! config lives in a fake node root (see `testbed::node`), restarted by the
 //! installer through `--restart-command`, checked over CRI, then used.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use e2e::containerd::{Containerd, Run, workspace_root};
-use e2e::node::FakeNode;
-use e2e::{free_port, http};
+use support::http;
+use testbed::{Containerd, FakeNode, Paths, RUNC, Run, Version, free_port};
+
+mod support;
 
 const TEST_HTTP: &str = "localhost/wasmtime-custom/test-http:latest";
-
-fn installer() -> PathBuf {
-    let path = workspace_root().join("target/release/wasmtime-custom-node-installer");
-    assert!(path.exists(), "{} is missing: run scripts/test.sh (it builds it)", path.display());
-    path
-}
 
 /// Runs the installer on `node` with `args`, restarting with `restart`,
 /// waiting up to 30 s for containerd's health.
@@ -26,8 +21,9 @@ fn run_installer(node: &FakeNode, restart: &str, args: &[&str]) -> Result<Output
 }
 
 fn run_installer_with_timeout(node: &FakeNode, restart: &str, args: &[&str], health: u32) -> Result<Output> {
-    let shim = workspace_root().join("target/release/containerd-shim-wasmtime-custom-v1");
-    std::process::Command::new(installer())
+    let paths = Paths::from_env()?;
+    let shim = paths.shim()?;
+    std::process::Command::new(paths.installer()?)
         .args(args)
         .arg("--host-root")
         .arg(node.root())
@@ -45,9 +41,16 @@ fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
-fn installs_restarts_serves_and_uninstalls(version: &'static str) -> Result<()> {
-    let node = FakeNode::new(version)?;
-    let containerd = Containerd::start_with_config(version, &node.config(), &node.socket(), &node.bin_dir())?;
+/// A fake node for containerd `version` and its containerd, running without the shim.
+fn fake_node(version: Version) -> Result<(Paths, FakeNode, Containerd)> {
+    let paths = Paths::from_env()?;
+    let node = FakeNode::new(&paths, version)?;
+    let containerd = node.start_containerd(&paths)?;
+    Ok((paths, node, containerd))
+}
+
+fn installs_restarts_serves_and_uninstalls(version: Version) -> Result<()> {
+    let (_paths, node, containerd) = fake_node(version)?;
     let restart = containerd.restart_command();
     let pid_before = containerd.pid()?;
 
@@ -63,7 +66,7 @@ fn installs_restarts_serves_and_uninstalls(version: &'static str) -> Result<()> 
 
     // ctr finds the runtime by name on containerd's PATH and serves.
     containerd.import("test-http.tar", &[])?;
-    let port = free_port();
+    let port = free_port()?;
     // Ids unique across the tests: the shim keeps its container state under
     // /run/containerd/wasmtime-custom/<namespace>/<id>, whichever containerd asks.
     let id = format!("after-install-{version}");
@@ -107,18 +110,17 @@ fn installs_restarts_serves_and_uninstalls(version: &'static str) -> Result<()> 
 
 #[test]
 fn installer_on_containerd_1_7_installs_restarts_serves_and_uninstalls() -> Result<()> {
-    installs_restarts_serves_and_uninstalls("1.7")
+    installs_restarts_serves_and_uninstalls(Version::V1_7)
 }
 
 #[test]
 fn installer_on_containerd_2_1_installs_restarts_serves_and_uninstalls() -> Result<()> {
-    installs_restarts_serves_and_uninstalls("2.1")
+    installs_restarts_serves_and_uninstalls(Version::V2_1)
 }
 
 #[test]
 fn a_failed_restart_rolls_the_config_back_byte_for_byte() -> Result<()> {
-    let node = FakeNode::new("1.7")?;
-    let containerd = Containerd::start_with_config("1.7", &node.config(), &node.socket(), &node.bin_dir())?;
+    let (_paths, node, containerd) = fake_node(Version::V1_7)?;
     // The first restart fails; the one after the rollback works.
     let marker = containerd.dir().join("restart-failed-once");
     let restart = format!(
@@ -137,8 +139,7 @@ fn a_failed_restart_rolls_the_config_back_byte_for_byte() -> Result<()> {
 
 #[test]
 fn containerd_up_without_the_runtime_is_rolled_back_too() -> Result<()> {
-    let node = FakeNode::new("1.7")?;
-    let containerd = Containerd::start_with_config("1.7", &node.config(), &node.socket(), &node.bin_dir())?;
+    let (_paths, node, containerd) = fake_node(Version::V1_7)?;
     // The restart brings containerd back, but on a config without the
     // runtime (as if the edit had not taken): CRI does not list the handler.
     let original = containerd.dir().join("original.toml");
@@ -160,9 +161,10 @@ fn containerd_up_without_the_runtime_is_rolled_back_too() -> Result<()> {
 
 #[test]
 fn a_corrupt_or_symlinked_config_is_left_untouched() -> Result<()> {
-    let node = FakeNode::new("1.7")?;
-    let corrupt =
-        std::fs::read_to_string(workspace_root().join("node-installer/tests/fixtures/corrupt.toml"))?;
+    let paths = Paths::from_env()?;
+    let node = FakeNode::new(&paths, Version::V1_7)?;
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node-installer/tests/fixtures/corrupt.toml");
+    let corrupt = std::fs::read_to_string(fixture)?;
     std::fs::write(node.config(), &corrupt)?;
     let run = run_installer(&node, "true", &["install"])?;
     assert_eq!(run.status.code(), Some(2), "{}", text(&run));
@@ -184,15 +186,13 @@ fn a_corrupt_or_symlinked_config_is_left_untouched() -> Result<()> {
 
 #[test]
 fn the_installer_image_installs_as_the_daemonset_would() -> Result<()> {
-    let node = FakeNode::new("1.7")?;
-    let node_containerd =
-        Containerd::start_with_config("1.7", &node.config(), &node.socket(), &node.bin_dir())?;
+    let (_paths, node, node_containerd) = fake_node(Version::V1_7)?;
     let pid_before = node_containerd.pid()?;
     // The installer's container runs in a containerd of its own: a `ctr run`
     // client in the foreground would lose its connection when the installer
     // restarts the containerd it runs under (the kubelet reconnects; ctr
     // does not).
-    let runner = Containerd::start("1.6")?;
+    let runner = Containerd::start(Version::V1_6)?;
     runner.import("node-installer.tar", &[])?;
 
     // STAND-IN for systemd (this machine has no systemd to restart
@@ -218,7 +218,7 @@ fn the_installer_image_installs_as_the_daemonset_would() -> Result<()> {
                    while test -e /mnt/node-root/run/restart-request; do sleep 0.1; done";
     let mut installer = runner.run(
         Run::new("localhost/wasmtime-custom/node-installer:latest", "node-installer")
-            .runtime("io.containerd.runc.v2")
+            .runtime(RUNC)
             .privileged()
             .bind(&node.root(), "/mnt/node-root")
             // ctr replaces the entrypoint with the arguments (Kubernetes'

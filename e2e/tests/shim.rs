@@ -5,9 +5,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use e2e::containerd::{Containerd, Run};
-use e2e::standin::{Call, METADATA, StandIn};
-use e2e::{free_port, http};
+use support::dapr_recorder::{Call, DaprRecorder, METADATA};
+use support::http;
+use testbed::{Containerd, Run, Version, free_port};
+
+mod support;
 
 const APP: &str = "localhost/wasmtime-custom/app:latest";
 const APP_WASM: &str = "localhost/wasmtime-custom/app:wasm";
@@ -17,29 +19,23 @@ const EXPRESS: &str = r#"{"orderId":42,"orderGuid":"0b6c","firstName":"Ada","del
 const EXPRESS_OUT: &str = r#"{"orderId":42,"orderGuid":"0b6c","firstName":"Ada","delivery":"Express","items":[{"orderItemId":1,"sku":"4f1c2a9e-77b1","quantity":2}]}"#;
 
 /// Waits until a `/sleep` request reached the guest (it prints a line first).
-fn wait_in_flight(guest: &e2e::containerd::Container<'_>) -> Result<()> {
-    e2e::wait_for("the slow request to be in flight", Duration::from_secs(10), || {
-        guest.output().lines().any(|l| l.contains("] sleeping ")).then_some(())
-    })
-}
-
-fn post_call(path: &str, body: String) -> Call {
-    Call { method: "POST".into(), path: path.into(), body }
+fn wait_in_flight(guest: &testbed::Container<'_>) -> Result<()> {
+    guest.wait_for_line("] sleeping ", Duration::from_secs(10))
 }
 
 #[test]
 fn app_serves_the_order_contract_on_containerd_1_6() -> Result<()> {
-    let containerd = Containerd::start("1.6")?;
+    let containerd = Containerd::start(Version::V1_6)?;
     containerd.import("app.tar", &[])?;
-    let mut dapr = StandIn::start()?;
-    let port = free_port();
+    let mut dapr = DaprRecorder::start()?;
+    let port = free_port()?;
     let mut app = containerd.run(Run::new(APP, "app").listen(port).env("DAPR_URL", dapr.url()))?;
     app.wait_listening(port)?;
 
     let health = http::get(port, "/healthz")?;
     assert_eq!((health.status, health.body.as_str()), (200, "Healthy"));
     for route in ["/q-order-ingress", "/q-order-express-in", "/q-order-standard-in"] {
-        assert_eq!(http::request(port, "OPTIONS", route, "")?.status, 200, "OPTIONS {route}");
+        assert_eq!(http::call("OPTIONS", &http::local(port, route), "", &[])?.status, 200, "OPTIONS {route}");
     }
     assert!(dapr.take_calls().is_empty(), "probes must not call Dapr");
 
@@ -47,7 +43,7 @@ fn app_serves_the_order_contract_on_containerd_1_6() -> Result<()> {
     let sent = http::post(port, "/q-order-ingress", EXPRESS)?;
     assert_eq!(sent.status, 200, "{}", sent.body);
     let expected = format!(r#"{{"data":{EXPRESS_OUT},"operation":"create"}}"#);
-    assert_eq!(dapr.take_calls(), [post_call("/v1.0/bindings/q-order-express-out", expected)]);
+    assert_eq!(dapr.take_calls(), [Call::post("/v1.0/bindings/q-order-express-out", expected)]);
 
     // Receivers: each writes to its own outbox, with the blob named by the order.
     for (route, binding) in
@@ -56,7 +52,7 @@ fn app_serves_the_order_contract_on_containerd_1_6() -> Result<()> {
         assert_eq!(http::post(port, route, EXPRESS)?.status, 200);
         let expected =
             format!(r#"{{"data":{EXPRESS_OUT},"operation":"create","metadata":{{"blobName":"42"}}}}"#);
-        assert_eq!(dapr.take_calls(), [post_call(&format!("/v1.0/bindings/{binding}"), expected)]);
+        assert_eq!(dapr.take_calls(), [Call::post(&format!("/v1.0/bindings/{binding}"), expected)]);
     }
 
     // A malformed order: 400, nothing sent.
@@ -90,7 +86,7 @@ fn app_serves_the_order_contract_on_containerd_1_6() -> Result<()> {
 
     // The guest's log line of that request carries its request id.
     let id = down.header("x-request-id").expect("every response has a request id").to_string();
-    e2e::wait_for("the 503's log line", Duration::from_secs(5), || {
+    testbed::poll::until("the 503's log line", Duration::from_secs(5), || {
         app.output()
             .lines()
             .any(|l| l.starts_with(&format!("[req={id}] POST /q-order-standard-in -> 503")))
@@ -104,9 +100,9 @@ fn app_serves_the_order_contract_on_containerd_1_6() -> Result<()> {
 
 #[test]
 fn sigterm_lets_the_in_flight_request_finish_then_exits_0() -> Result<()> {
-    let containerd = Containerd::start("1.6")?;
+    let containerd = Containerd::start(Version::V1_6)?;
     containerd.import("test-http.tar", &[])?;
-    let port = free_port();
+    let port = free_port()?;
     let mut guest = containerd.run(Run::new(TEST_HTTP, "drain").listen(port))?;
     guest.wait_listening(port)?;
 
@@ -114,7 +110,7 @@ fn sigterm_lets_the_in_flight_request_finish_then_exits_0() -> Result<()> {
     wait_in_flight(&guest)?;
     let signalled = Instant::now();
     guest.signal("SIGTERM")?;
-    e2e::wait_for("the drain to start", Duration::from_secs(5), || {
+    testbed::poll::until("the drain to start", Duration::from_secs(5), || {
         guest.output().contains("SIGTERM: stopped accepting").then_some(())
     })?;
     assert!(http::get(port, "/healthz").is_err(), "a draining server must not accept new connections");
@@ -129,11 +125,11 @@ fn sigterm_lets_the_in_flight_request_finish_then_exits_0() -> Result<()> {
 
 #[test]
 fn grace_period_and_second_signal_end_a_drain_at_once() -> Result<()> {
-    let containerd = Containerd::start("1.6")?;
+    let containerd = Containerd::start(Version::V1_6)?;
     containerd.import("test-http.tar", &[])?;
 
     // The grace period runs out before the request ends.
-    let port = free_port();
+    let port = free_port()?;
     let mut guest =
         containerd.run(Run::new(TEST_HTTP, "grace").listen(port).env("WASMTIME_CUSTOM_GRACE_SECONDS", 1))?;
     guest.wait_listening(port)?;
@@ -150,13 +146,13 @@ fn grace_period_and_second_signal_end_a_drain_at_once() -> Result<()> {
     );
 
     // A second signal does not wait for the 25 s default grace period.
-    let port = free_port();
+    let port = free_port()?;
     let mut guest = containerd.run(Run::new(TEST_HTTP, "twice").listen(port))?;
     guest.wait_listening(port)?;
     let _slow = std::thread::spawn(move || http::get(port, "/sleep?ms=20000"));
     wait_in_flight(&guest)?;
     guest.signal("SIGTERM")?;
-    e2e::wait_for("the drain to start", Duration::from_secs(5), || {
+    testbed::poll::until("the drain to start", Duration::from_secs(5), || {
         guest.output().contains("stopped accepting").then_some(())
     })?;
     guest.signal("SIGINT")?;
@@ -167,9 +163,9 @@ fn grace_period_and_second_signal_end_a_drain_at_once() -> Result<()> {
 
 #[test]
 fn a_trap_fails_one_request_and_the_server_keeps_serving() -> Result<()> {
-    let containerd = Containerd::start("1.6")?;
+    let containerd = Containerd::start(Version::V1_6)?;
     containerd.import("test-http.tar", &[])?;
-    let port = free_port();
+    let port = free_port()?;
     let mut guest = containerd.run(
         Run::new(TEST_HTTP, "trap")
             .listen(port)
@@ -211,13 +207,12 @@ fn a_trap_fails_one_request_and_the_server_keeps_serving() -> Result<()> {
     let id = logged.header("x-request-id").unwrap().to_string();
     assert_eq!(http::get(port, "/env?name=GREETING")?.body, "hi");
     // A caller's sane x-request-id is kept (and tags the log); anything else is replaced.
-    let given =
-        http::request_with("127.0.0.1", port, "GET", "/log", "", &[("x-request-id", "trace-42.a_b:c")])?;
+    let given = http::call("GET", &http::local(port, "/log"), "", &[("x-request-id", "trace-42.a_b:c")])?;
     assert_eq!(given.header("x-request-id"), Some("trace-42.a_b:c"));
-    let odd = http::request_with("127.0.0.1", port, "GET", "/", "", &[("x-request-id", "a b;<script>")])?;
+    let odd = http::call("GET", &http::local(port, "/"), "", &[("x-request-id", "a b;<script>")])?;
     let replaced = odd.header("x-request-id").unwrap();
     assert!(replaced != "a b;<script>" && !replaced.is_empty(), "{replaced}");
-    e2e::wait_for("tagged guest output", Duration::from_secs(5), || {
+    testbed::poll::until("tagged guest output", Duration::from_secs(5), || {
         let output = guest.output();
         (output.contains(&format!("[req={id}] hello from the guest on stdout\n"))
             && output.contains(&format!("[req={id}] hello from the guest on stderr\n"))
@@ -234,7 +229,7 @@ fn a_trap_fails_one_request_and_the_server_keeps_serving() -> Result<()> {
 
 #[test]
 fn broken_images_fail_to_start_with_their_cause() -> Result<()> {
-    let containerd = Containerd::start("1.6")?;
+    let containerd = Containerd::start(Version::V1_6)?;
     for archive in ["test-not-wasm.tar", "test-truncated.tar", "test-no-export.tar", "test-http.tar"] {
         containerd.import(archive, &[])?;
     }
@@ -252,7 +247,7 @@ fn broken_images_fail_to_start_with_their_cause() -> Result<()> {
     }
     // containerd and other containers are unaffected.
     containerd.ctr_ok(&["version"])?;
-    let port = free_port();
+    let port = free_port()?;
     let mut healthy = containerd.run(Run::new(TEST_HTTP, "after").listen(port))?;
     healthy.wait_listening(port)?;
     assert_eq!(http::get(port, "/")?.status, 200);
@@ -261,7 +256,7 @@ fn broken_images_fail_to_start_with_their_cause() -> Result<()> {
 
 #[test]
 fn commands_and_core_modules_exit_with_their_code() -> Result<()> {
-    let containerd = Containerd::start("1.6")?;
+    let containerd = Containerd::start(Version::V1_6)?;
     containerd.import("test-command.tar", &[])?;
     containerd.import("test-module.tar", &[])?;
 
@@ -288,11 +283,11 @@ fn commands_and_core_modules_exit_with_their_code() -> Result<()> {
 
 #[test]
 fn wasm_layer_image_on_containerd_1_7_reuses_its_precompiled_artifact() -> Result<()> {
-    let containerd = Containerd::start("1.7")?;
+    let containerd = Containerd::start(Version::V1_7)?;
     containerd.import("app-wasm.tar", &["--all-platforms"])?;
     let mut first_200 = Vec::new();
     for start in ["first", "second"] {
-        let port = free_port();
+        let port = free_port()?;
         let begun = Instant::now();
         let mut app = containerd.run(Run::new(APP_WASM, start).platform("wasip1/wasm").listen(port))?;
         app.wait_listening(port)?;
