@@ -9,125 +9,42 @@
 //! native image under runc, on the same containerd, stand-in and data.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use app::order::Order;
-use e2e::containerd::{Container, Containerd, Run};
-use e2e::node::FakeNode;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tempfile::TempDir;
+use testbed::{Container, Containerd, InstalledNode, Paths, Version};
 
+use crate::bindings::INGRESS;
+use crate::model::{Flavor, FlowOptions, Role};
 use crate::orders;
-use crate::report::{self, Report};
-use crate::standin::{self, InputBinding, Progress, StandIn};
-
-/// The Wasm image: the app component as a wasm layer, precompiled once.
-pub const WASM_IMAGE: &str = "localhost/wasmtime-custom/app:wasm";
-/// The native baseline's image: `order-app-native` and the libraries it loads.
-pub const NATIVE_IMAGE: &str = "localhost/wasmtime-custom/app-native:latest";
-/// containerd's own runtime for Linux containers.
-pub const RUNC: &str = "io.containerd.runc.v2";
-
-/// What the three apps run as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Flavor {
-    /// The app component on the wasmtime-custom shim.
-    Wasm,
-    /// The native baseline under runc.
-    Native,
-}
-
-impl Flavor {
-    pub fn slug(self) -> &'static str {
-        match self {
-            Flavor::Wasm => "wasm",
-            Flavor::Native => "native",
-        }
-    }
-
-    pub fn describe(self) -> &'static str {
-        match self {
-            Flavor::Wasm => "Wasm component on wasmtime-custom (io.containerd.wasmtime-custom.v1)",
-            Flavor::Native => "native Rust server under runc (io.containerd.runc.v2)",
-        }
-    }
-
-    /// `ctr run` settings for one app listening on `port`, talking to `dapr_url`.
-    pub fn run<'a>(self, id: &'a str, port: u16, dapr_url: &str) -> Run<'a> {
-        match self {
-            Flavor::Wasm => {
-                Run::new(WASM_IMAGE, id).platform("wasip1/wasm").listen(port).env("DAPR_URL", dapr_url)
-            }
-            Flavor::Native => Run::new(NATIVE_IMAGE, id)
-                .runtime(RUNC)
-                .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-                .env("DAPR_URL", dapr_url),
-        }
-    }
-}
-
-/// The three deployments of the app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    Distributor,
-    ReceiverExpress,
-    ReceiverStandard,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Distributor, Role::ReceiverExpress, Role::ReceiverStandard];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Distributor => "distributor",
-            Role::ReceiverExpress => "receiver-express",
-            Role::ReceiverStandard => "receiver-standard",
-        }
-    }
-
-    /// The input binding that delivers to this role.
-    pub fn input(self) -> InputBinding {
-        match self {
-            Role::Distributor => standin::INGRESS,
-            Role::ReceiverExpress => standin::EXPRESS_IN,
-            Role::ReceiverStandard => standin::STANDARD_IN,
-        }
-    }
-}
+use crate::report::{self, AppExit, FlowRun, Report};
+use crate::standin::{DaprStandIn, Progress};
 
 /// A private containerd on a fake node, with the shim installed by the node
 /// installer and both app images imported.
 pub struct Node {
-    pub containerd: Containerd,
-    _node: FakeNode,
+    installed: InstalledNode,
 }
 
 impl Node {
-    pub fn start() -> Result<Node> {
-        let (node, containerd) = e2e::node::installed("1.7")
+    /// With the shim, the node installer, the images and containerd 1.7 from `paths`.
+    pub fn start(paths: &Paths) -> Result<Node> {
+        let installed = InstalledNode::start(paths, Version::V1_7)
             .context("set up containerd 1.7 with the shim through the node installer")?;
-        containerd.import("app-wasm.tar", &["--all-platforms"])?;
-        containerd.import("app-native.tar", &[])?;
-        Ok(Node { containerd, _node: node })
+        installed.containerd.import("app-wasm.tar", &["--all-platforms"])?;
+        installed.containerd.import("app-native.tar", &[])?;
+        Ok(Node { installed })
     }
-}
 
-/// How to run the flow.
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub orders: u32,
-    /// Seed of the generated orders: the same seed gives the same orders.
-    pub seed: u64,
-    /// Invalid messages put on the ingress queue with the orders.
-    pub poison: u32,
-    pub standin: standin::Settings,
-    /// The longest the flow may take once released.
-    pub timeout: Duration,
-    /// Draw a progress bar on stderr.
-    pub progress: bool,
+    pub fn containerd(&self) -> &Containerd {
+        &self.installed.containerd
+    }
 }
 
 /// Flows started by this process, for unique container ids.
@@ -137,26 +54,48 @@ static FLOWS: AtomicUsize = AtomicUsize::new(0);
 pub struct Flow<'a> {
     node: &'a Node,
     flavor: Flavor,
-    options: Options,
+    options: FlowOptions,
     runtime: tokio::runtime::Runtime,
-    standin: StandIn,
-    apps: BTreeMap<Role, App<'a>>,
+    standin: DaprStandIn,
+    apps: BTreeMap<Role, RunningApp<'a>>,
     orders: Vec<Order>,
     poison: Vec<Vec<u8>>,
     released: Option<Instant>,
     _outbox: TempDir,
 }
 
-struct App<'a> {
+/// One role's container, while it runs.
+struct RunningApp<'a> {
     id: String,
     port: u16,
     container: Option<Container<'a>>,
 }
 
+/// How a wait ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Waited {
+    /// The condition held.
+    Reached(Progress),
+    /// The flow's timeout struck first.
+    TimedOut(Progress),
+}
+
+impl Waited {
+    /// The progress if the condition held; an error if the timeout struck first.
+    pub fn reached(self) -> Result<Progress> {
+        match self {
+            Waited::Reached(progress) => Ok(progress),
+            Waited::TimedOut(progress) => {
+                bail!("the flow's timeout struck first; progress then: {progress:?}")
+            }
+        }
+    }
+}
+
 impl<'a> Flow<'a> {
     /// Starts the stand-in and the three apps of `flavor`, and generates the
     /// orders; nothing is released yet.
-    pub fn start(node: &'a Node, flavor: Flavor, options: Options) -> Result<Flow<'a>> {
+    pub fn start(node: &'a Node, flavor: Flavor, options: FlowOptions) -> Result<Flow<'a>> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -164,7 +103,7 @@ impl<'a> Flow<'a> {
             .context("start the stand-in's runtime")?;
         let outbox = tempfile::Builder::new().prefix("wtc-outbox-").tempdir().context("create the outbox")?;
         let standin =
-            runtime.block_on(StandIn::start(options.standin.clone(), "127.0.0.1", outbox.path()))?;
+            runtime.block_on(DaprStandIn::start(options.standin.clone(), "127.0.0.1", outbox.path()))?;
         let orders = orders::generate(options.orders, options.seed);
         let poison = orders::poison(options.poison);
         let mut flow = Flow {
@@ -184,8 +123,11 @@ impl<'a> Flow<'a> {
         let run =
             format!("{}-{}-{}", std::process::id(), FLOWS.fetch_add(1, Ordering::SeqCst), flavor.slug());
         for role in Role::ALL {
-            let app =
-                App { id: format!("flow-{run}-{}", role.name()), port: e2e::free_port(), container: None };
+            let app = RunningApp {
+                id: format!("flow-{run}-{}", role.name()),
+                port: testbed::free_port()?,
+                container: None,
+            };
             flow.apps.insert(role, app);
             flow.start_app(role)?;
         }
@@ -202,7 +144,7 @@ impl<'a> Flow<'a> {
         let app = self.apps.get_mut(&role).context("every role has an app")?;
         let run = self.flavor.run(&app.id, app.port, &self.standin.url());
         let mut container =
-            self.node.containerd.run(run).with_context(|| format!("start {}", role.name()))?;
+            self.node.containerd().run(run).with_context(|| format!("start {}", role.name()))?;
         container.wait_listening(app.port).with_context(|| format!("start {}", role.name()))?;
         app.container = Some(container);
         Ok(())
@@ -228,7 +170,7 @@ impl<'a> Flow<'a> {
         bodies.extend(self.poison.iter().cloned());
         self.released = Some(Instant::now());
         for body in bodies {
-            self.standin.publish(standin::INGRESS.queue, body)?;
+            self.standin.publish(INGRESS.queue, body)?;
         }
         Ok(())
     }
@@ -237,16 +179,17 @@ impl<'a> Flow<'a> {
         self.standin.progress()
     }
 
-    /// Waits until `done` says so, drawing progress; fails on the timeout or
-    /// when the stand-in cannot deliver at all.
-    pub fn wait_until(&self, mut done: impl FnMut(&Progress) -> bool) -> Result<Progress> {
+    /// Waits until `done` says so or the flow's timeout strikes (the
+    /// `Waited` says which), drawing progress; fails when the stand-in
+    /// cannot deliver at all.
+    pub fn wait_until(&self, mut done: impl FnMut(&Progress) -> bool) -> Result<Waited> {
         let released = self.released.context("release the orders first")?;
-        let mut bar = Bar::new(self.options.progress, self.orders.len());
+        let bar = Bar::new(self.options.progress, self.orders.len());
         loop {
             let progress = self.progress();
             if done(&progress) {
                 bar.finish(&progress, released.elapsed());
-                return Ok(progress);
+                return Ok(Waited::Reached(progress));
             }
             bar.draw(&progress, released.elapsed());
             if let Some(fatal) = self.standin.fatal() {
@@ -255,7 +198,7 @@ impl<'a> Flow<'a> {
             }
             if released.elapsed() > self.options.timeout {
                 bar.finish(&progress, released.elapsed());
-                return Ok(progress);
+                return Ok(Waited::TimedOut(progress));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -264,11 +207,11 @@ impl<'a> Flow<'a> {
     /// Waits until nothing is pending any more (every message acknowledged
     /// or dead-lettered) or the timeout, checks every blob, and stops the apps.
     pub fn finish(mut self) -> Result<Report> {
-        let progress = self.wait_until(|p| p.pending == 0)?;
+        let waited = self.wait_until(|p| p.pending == 0)?;
         let released = self.released.context("release the orders first")?;
         let record = self.standin.record();
-        let timed_out = progress.pending != 0;
-        let mut outputs = Vec::new();
+        let timed_out = matches!(waited, Waited::TimedOut(_));
+        let mut apps = Vec::new();
         for role in Role::ALL {
             if let Some(app) = self.apps.get_mut(&role)
                 && let Some(mut container) = app.container.take()
@@ -277,86 +220,100 @@ impl<'a> Flow<'a> {
                 // code and output still belong in the report.
                 let _ = container.signal("SIGTERM");
                 let code = container.wait(Duration::from_secs(30))?;
-                outputs.push((role.name(), code, container.output()));
+                apps.push(AppExit { role: role.name(), code, output: container.output() });
             }
         }
         let verification =
             report::verify(&self.orders, &self.poison, &record, |outbox| self.standin.outbox(outbox))?;
-        Ok(Report::new(
-            self.flavor,
-            &self.node.containerd,
-            &self.options,
+        Ok(Report::new(FlowRun {
+            flavor: self.flavor,
+            containerd: self.node.containerd().version().name(),
+            options: &self.options,
             released,
-            &record,
+            record: &record,
             verification,
             timed_out,
-            outputs,
-        ))
+            apps,
+        }))
     }
 }
 
-/// A one-line progress bar, redrawn in place on a terminal and printed every
-/// few seconds otherwise (CI logs).
+/// The progress bar on stderr: drawn only when asked for and stderr is a
+/// terminal (never into a CI log); its last state stays on screen.
 struct Bar {
-    enabled: bool,
-    terminal: bool,
-    total: usize,
-    last: Option<Instant>,
+    bar: ProgressBar,
+    /// The figures after the blob count, as the next draw shows them.
+    figures: Arc<Mutex<String>>,
 }
 
 impl Bar {
     fn new(enabled: bool, total: usize) -> Bar {
-        Bar { enabled, terminal: std::io::stderr().is_terminal(), total, last: None }
+        // Redrawn at most 10 times a second: enough to watch, and no flood
+        // of escape codes on a slow terminal.
+        let target = if enabled && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr_with_hz(10)
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let figures = Arc::new(Mutex::new(String::new()));
+        let bar = ProgressBar::with_draw_target(Some(total as u64), target).with_style(Bar::style(&figures));
+        Bar { bar, figures }
     }
 
-    fn draw(&mut self, progress: &Progress, elapsed: Duration) {
-        let every = if self.terminal { Duration::from_millis(100) } else { Duration::from_secs(5) };
-        if self.last.is_some_and(|last| last.elapsed() < every) {
-            return;
-        }
-        self.show(progress, elapsed);
+    fn style(figures: &Arc<Mutex<String>>) -> ProgressStyle {
+        let figures = figures.clone();
+        // A constant template, parsed in a unit test: it cannot fail here.
+        ProgressStyle::with_template("[{bar:30}] {pos}/{len} blobs  {figures}")
+            .expect("the bar's template parses")
+            .progress_chars("#.")
+            .with_key("figures", move |_: &ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = out.write_str(&figures.lock().unwrap_or_else(PoisonError::into_inner));
+            })
     }
 
-    /// The last state, always shown, and the end of the line.
-    fn finish(&mut self, progress: &Progress, elapsed: Duration) {
-        self.show(progress, elapsed);
-        if self.enabled && self.terminal {
-            eprintln!();
-        }
-    }
-
-    fn show(&mut self, progress: &Progress, elapsed: Duration) {
-        if !self.enabled {
-            return;
-        }
-        self.last = Some(Instant::now());
-        const WIDTH: usize = 30;
-        let filled = (progress.blobs * WIDTH).checked_div(self.total).unwrap_or(WIDTH).min(WIDTH);
-        let line = format!(
-            "[{}{}] {}/{} blobs  {:.1} s  redeliveries {}  dead letters {}  pending {}",
-            "#".repeat(filled),
-            ".".repeat(WIDTH - filled),
-            progress.blobs,
-            self.total,
+    /// Shows `progress` (one draw, when the rate allows).
+    fn draw(&self, progress: &Progress, elapsed: Duration) {
+        *self.figures.lock().unwrap_or_else(PoisonError::into_inner) = format!(
+            "{:.1} s  redeliveries {}  dead letters {}  pending {}",
             elapsed.as_secs_f64(),
             progress.redeliveries,
             progress.dead_letters,
             progress.pending
         );
-        let mut stderr = std::io::stderr();
-        let _ = if self.terminal { write!(stderr, "\r{line}\x1b[K") } else { writeln!(stderr, "{line}") };
+        self.bar.set_position(progress.blobs as u64);
+    }
+
+    /// The last state, drawn now and left on screen as it is.
+    fn finish(&self, progress: &Progress, elapsed: Duration) {
+        self.draw(progress, elapsed);
+        self.bar.abandon();
     }
 }
 
 /// Runs the whole job once: node, apps, release, report.
-pub fn run_once(flavor: Flavor, options: Options) -> Result<Report> {
-    let node = Node::start()?;
+pub fn run_once(paths: &Paths, flavor: Flavor, options: FlowOptions) -> Result<Report> {
+    let node = Node::start(paths)?;
     run_on(&node, flavor, options)
 }
 
 /// Runs the flow on a node that is up already.
-pub fn run_on(node: &Node, flavor: Flavor, options: Options) -> Result<Report> {
+pub fn run_on(node: &Node, flavor: Flavor, options: FlowOptions) -> Result<Report> {
     let mut flow = Flow::start(node, flavor, options)?;
     flow.release()?;
     flow.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_bar_shows_blobs_time_and_failures_on_one_line() {
+        let bar = Bar::new(false, 300);
+        let progress = Progress { blobs: 150, dead_letters: 1, redeliveries: 2, pending: 3 };
+        bar.finish(&progress, Duration::from_millis(4100));
+        assert_eq!(bar.bar.position(), 150, "the last state is kept, not filled up");
+        assert_eq!(*bar.figures.lock().unwrap(), "4.1 s  redeliveries 2  dead letters 1  pending 3");
+        assert!(bar.bar.is_finished());
+    }
 }

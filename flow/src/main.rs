@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use flow::job::{self, Flavor, Options};
-use flow::{bench, standin};
+use flow::bench::{self, BenchOptions};
+use flow::job;
+use flow::model::{Flavor, FlowOptions};
+use flow::standin::StandInOptions;
+use testbed::Paths;
 
 #[derive(Parser)]
 #[command(
@@ -15,8 +18,28 @@ use flow::{bench, standin};
     about = "The order flow through wasmtime-custom under a real containerd, and its benchmark"
 )]
 struct Cli {
+    #[command(flatten)]
+    parts: PartsArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the local node's parts are; by default where a build puts them.
+#[derive(Args)]
+struct PartsArgs {
+    /// Folder holding containerd-shim-wasmtime-custom-v1 and
+    /// wasmtime-custom-node-installer [default: this program's folder]
+    #[arg(long, global = true, env = testbed::paths::BIN_DIR_ENV)]
+    bin_dir: Option<PathBuf>,
+    /// Folder holding the image archives (app-wasm.tar, app-native.tar)
+    /// [default: `images` next to the binaries' folder]
+    #[arg(long, global = true, env = testbed::paths::IMAGES_ENV)]
+    images: Option<PathBuf>,
+    /// Folder holding containerd 1.7 unpacked by
+    /// scripts/install-prerequisites.sh (`trixie/`) [default: `containerd`
+    /// next to the binaries' folder]
+    #[arg(long, global = true, env = testbed::paths::CONTAINERD_DIR_ENV)]
+    containerd_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -37,7 +60,7 @@ enum Command {
     /// row in one run; prints a table and writes it as JSON.
     Bench {
         #[command(flatten)]
-        bench: bench::Settings,
+        bench: BenchOptions,
         #[command(flatten)]
         flow: FlowArgs,
     },
@@ -72,24 +95,24 @@ struct FlowArgs {
     /// The longest the flow may take once released, in seconds.
     #[arg(long, default_value_t = 900)]
     timeout_secs: u64,
-    /// Do not draw the progress bar.
+    /// Do not draw the progress bar (it is drawn only when stderr is a terminal).
     #[arg(long)]
     no_progress: bool,
 }
 
 impl FlowArgs {
-    fn options(&self) -> Options {
-        Options {
+    fn options(&self) -> FlowOptions {
+        FlowOptions {
             orders: self.orders,
             seed: self.seed,
             poison: self.poison,
-            standin: standin::Settings {
+            standin: StandInOptions {
                 concurrency: self.concurrency,
                 max_attempts: self.max_attempts.max(1),
                 backoff: Duration::from_millis(self.backoff_ms),
                 max_backoff: Duration::from_millis(self.max_backoff_ms),
                 failing_blob_writes: self.fail_blob_writes,
-                ..standin::Settings::default()
+                ..StandInOptions::default()
             },
             timeout: Duration::from_secs(self.timeout_secs),
             progress: !self.no_progress,
@@ -108,9 +131,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let PartsArgs { bin_dir, images, containerd_dir } = cli.parts;
+    let paths = Paths::new(bin_dir, images, containerd_dir)?;
     match cli.command {
         Command::Run { flavor, flow, json } => {
-            let report = job::run_once(flavor, flow.options())?;
+            let report = job::run_once(&paths, flavor, flow.options())?;
             print!("{}", report.render());
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&report)?;
@@ -125,7 +150,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
         Command::Bench { bench, flow } => {
-            bench::run(&bench, flow.options())?;
+            bench::run(&paths, &bench, flow.options())?;
             Ok(ExitCode::SUCCESS)
         }
     }

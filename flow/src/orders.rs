@@ -1,4 +1,4 @@
-//! Test data with the reference generator's shape (`shared/APP-CONTRACT.md`):
+//! Test data with the reference generator's shape (`app/CONTRACT.md`):
 //! orderId 1..N, a UUID orderGuid, a five-word slug description, first and
 //! last names, delivery Express or Standard with equal odds, and 1..10 items
 //! (orderItemId 1..n, sku the first 13 characters of a UUID, quantity 0..10).
@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn orders_serialise_with_the_contracts_field_names() {
-        // Written out by hand from shared/APP-CONTRACT.md, not derived from
+        // Written out by hand from app/CONTRACT.md, not derived from
         // `Order`: the generator, the app and the checker share that type.
         let value = serde_json::to_value(&generate(1, 5)[0]).unwrap();
         let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use app::order::Order;
-use e2e::containerd::Containerd;
 use serde::Serialize;
 
-use crate::job::{Flavor, Options, Role};
-use crate::standin::{self, DeadLetter, Record};
+use crate::bindings::{EXPRESS_IN, OUTBOXES, STANDARD_IN};
+use crate::model::{Flavor, FlowOptions, Role};
+use crate::standin::{DeadLetter, Record};
 
 /// The outcome of checking the outboxes against the orders.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -41,7 +41,7 @@ pub fn verify(
     outbox_dir: impl Fn(&str) -> PathBuf,
 ) -> Result<Verification> {
     let mut blobs: HashMap<(String, String), Vec<u8>> = HashMap::new();
-    for outbox in standin::OUTBOXES {
+    for outbox in OUTBOXES {
         let dir = outbox_dir(outbox);
         for entry in std::fs::read_dir(&dir).with_context(|| format!("list {}", dir.display()))? {
             let path = entry?.path();
@@ -56,7 +56,7 @@ pub fn verify(
         let home = format!("{}-outbox", order.delivery.slug());
         let expected = serde_json::to_value(order).context("an order serialises")?;
         let mut found_in = Vec::new();
-        for outbox in standin::OUTBOXES {
+        for outbox in OUTBOXES {
             if let Some(bytes) = blobs.remove(&(outbox.to_string(), name.clone())) {
                 found_in.push((outbox, bytes));
             }
@@ -85,7 +85,7 @@ pub fn verify(
     verification.poison_dead_lettered =
         record.dead_letters.iter().filter(|letter| poison_bodies.contains(&letter.body)).count() as u32;
     let known = 1..=orders.len() as u64;
-    verification.poison_forwarded = [standin::EXPRESS_IN.queue, standin::STANDARD_IN.queue]
+    verification.poison_forwarded = [EXPRESS_IN.queue, STANDARD_IN.queue]
         .iter()
         .filter_map(|queue| record.queues.get(queue))
         .flat_map(|stats| &stats.order_ids)
@@ -132,6 +132,31 @@ pub struct Hop {
     pub round_trip: Percentiles,
 }
 
+/// An app's end: its exit code and output.
+#[derive(Debug, Clone)]
+pub struct AppExit {
+    pub role: &'static str,
+    pub code: i32,
+    pub output: String,
+}
+
+/// What one flow run produced, for its report.
+#[derive(Debug)]
+pub struct FlowRun<'a> {
+    pub flavor: Flavor,
+    /// The containerd version the apps ran on.
+    pub containerd: &'static str,
+    pub options: &'a FlowOptions,
+    /// When the orders were released.
+    pub released: Instant,
+    /// What the stand-in saw.
+    pub record: &'a Record,
+    pub verification: Verification,
+    /// The flow had not settled when the timeout struck.
+    pub timed_out: bool,
+    pub apps: Vec<AppExit>,
+}
+
 /// The report of one flow run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -164,21 +189,12 @@ pub struct Report {
     pub timed_out: bool,
     /// Each app's exit code and output (printed when the run failed).
     #[serde(skip)]
-    pub apps: Vec<(&'static str, i32, String)>,
+    pub apps: Vec<AppExit>,
 }
 
 impl Report {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        flavor: Flavor,
-        containerd: &Containerd,
-        options: &Options,
-        released: Instant,
-        record: &Record,
-        verification: Verification,
-        timed_out: bool,
-        apps: Vec<(&'static str, i32, String)>,
-    ) -> Report {
+    pub fn new(run: FlowRun<'_>) -> Report {
+        let FlowRun { flavor, containerd, options, released, record, verification, timed_out, apps } = run;
         let blob_times: Vec<Duration> =
             record.blobs.values().map(|written| written.saturating_duration_since(released)).collect();
         let seconds = blob_times.iter().max().copied().unwrap_or_default().as_secs_f64();
@@ -200,7 +216,7 @@ impl Report {
         Report {
             flavor,
             runtime: flavor.describe(),
-            containerd: containerd.version,
+            containerd,
             orders: options.orders,
             poison: options.poison,
             concurrency: options.standin.concurrency,
@@ -348,9 +364,9 @@ impl Report {
     /// The apps' output, for a failed run.
     pub fn app_outputs(&self) -> String {
         let mut out = String::new();
-        for (name, code, output) in &self.apps {
+        for AppExit { role, code, output } in &self.apps {
             let tail: Vec<&str> = output.lines().rev().take(20).collect();
-            out.push_str(&format!("--- {name} (exit {code}), last lines:\n"));
+            out.push_str(&format!("--- {role} (exit {code}), last lines:\n"));
             for line in tail.iter().rev() {
                 out.push_str(line);
                 out.push('\n');
@@ -373,6 +389,70 @@ mod tests {
         assert_eq!(Percentiles::of(&[]).max_ms, 0.0);
     }
 
+    #[test]
+    fn a_report_takes_its_figures_from_the_record() {
+        let released = Instant::now();
+        let ms = Duration::from_millis;
+        let mut record = Record::default();
+        for (queue, published, redeliveries) in
+            [("q-order-ingress", 4, 1), ("q-order-express", 2, 0), ("q-order-standard", 2, 2)]
+        {
+            let stats = record.queues.entry(queue).or_default();
+            stats.published = published;
+            stats.delivered = published;
+            stats.redeliveries = redeliveries;
+            stats.waits = vec![ms(10); published as usize];
+            stats.round_trips = vec![ms(2); published as usize];
+        }
+        for (id, at) in [("1", 1000), ("2", 1500), ("3", 2000), ("4", 500)] {
+            record.blobs.insert(("express-outbox".into(), id.into()), released + ms(at));
+        }
+        record.blob_writes = 5;
+        record.connections = 3;
+        let options = FlowOptions {
+            orders: 4,
+            seed: 1,
+            poison: 0,
+            standin: crate::standin::StandInOptions::default(),
+            timeout: Duration::from_secs(1),
+            progress: false,
+        };
+        let verification = Verification { delivered: 4, ..Verification::default() };
+        let run = |timed_out| FlowRun {
+            flavor: Flavor::Wasm,
+            containerd: "1.7",
+            options: &options,
+            released,
+            record: &record,
+            verification: verification.clone(),
+            timed_out,
+            apps: Vec::new(),
+        };
+        let report = Report::new(run(false));
+        assert_eq!((report.seconds, report.orders_per_second), (2.0, 2.0), "up to the last blob");
+        assert_eq!((report.blob_writes, report.blob_rewrites, report.redeliveries), (5, 1, 3));
+        let hops: Vec<&str> = report.hops.iter().map(|hop| hop.hop.as_str()).collect();
+        assert_eq!(
+            hops,
+            [
+                "q-order-ingress -> distributor",
+                "q-order-express -> receiver-express",
+                "q-order-standard -> receiver-standard"
+            ]
+        );
+        assert_eq!((report.hops[0].queue_to_ack.p50_ms, report.hops[0].round_trip.p50_ms), (10.0, 2.0));
+        assert_eq!(report.release_to_blob.max_ms, 2000.0);
+        assert!(report.ok(), "{}", report.render());
+        assert!(
+            report
+                .render()
+                .contains("connections the apps opened to the Dapr stand-in: 3 (for 9 binding calls)")
+        );
+        let late = Report::new(run(true));
+        assert!(!late.ok());
+        assert!(late.render().contains("TIMED OUT: messages were still pending"));
+    }
+
     fn outbox(root: &std::path::Path, order: &Order) -> PathBuf {
         root.join(format!("{}-outbox", order.delivery.slug())).join(order.order_id.to_string())
     }
@@ -380,7 +460,7 @@ mod tests {
     #[test]
     fn verify_finds_lost_wrong_misplaced_and_stray_blobs() {
         let root = tempfile::tempdir().unwrap();
-        for outbox in standin::OUTBOXES {
+        for outbox in OUTBOXES {
             std::fs::create_dir_all(root.path().join(outbox)).unwrap();
         }
         let orders = orders::generate(5, 1);

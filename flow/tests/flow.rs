@@ -6,16 +6,18 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use flow::job::{self, Flavor, Flow, Node, Options, Role};
+use flow::job::{self, Flow, Node};
+use flow::model::{Flavor, FlowOptions, Role};
 use flow::report::Report;
-use flow::standin;
+use flow::standin::StandInOptions;
+use testbed::Paths;
 
-fn options(orders: u32) -> Options {
-    Options {
+fn options(orders: u32) -> FlowOptions {
+    FlowOptions {
         orders,
         seed: 42,
         poison: 0,
-        standin: standin::Settings::default(),
+        standin: StandInOptions::default(),
         timeout: Duration::from_secs(300),
         progress: false,
     }
@@ -34,7 +36,7 @@ fn assert_exactly_once(report: &Report) {
 
 #[test]
 fn three_hundred_orders_land_exactly_once_through_the_shim() -> Result<()> {
-    let node = Node::start()?;
+    let node = Node::start(&Paths::from_env()?)?;
     let report = job::run_on(&node, Flavor::Wasm, options(300))?;
     assert_exactly_once(&report);
     assert_eq!(report.blob_writes, 300, "no blob is written twice when nothing fails");
@@ -47,7 +49,7 @@ fn three_hundred_orders_land_exactly_once_through_the_shim() -> Result<()> {
 
 #[test]
 fn native_baseline_delivers_the_same_orders_under_runc() -> Result<()> {
-    let node = Node::start()?;
+    let node = Node::start(&Paths::from_env()?)?;
     let report = job::run_on(&node, Flavor::Native, options(300))?;
     assert_exactly_once(&report);
     Ok(())
@@ -55,7 +57,7 @@ fn native_baseline_delivers_the_same_orders_under_runc() -> Result<()> {
 
 #[test]
 fn poison_messages_are_dead_lettered_after_the_retry_limit_and_never_forwarded() -> Result<()> {
-    let node = Node::start()?;
+    let node = Node::start(&Paths::from_env()?)?;
     let mut options = options(100);
     options.poison = 4;
     options.standin.max_attempts = 3;
@@ -80,7 +82,7 @@ fn poison_messages_are_dead_lettered_after_the_retry_limit_and_never_forwarded()
 
 #[test]
 fn a_receiver_killed_mid_run_gets_its_orders_redelivered_and_none_is_lost() -> Result<()> {
-    let node = Node::start()?;
+    let node = Node::start(&Paths::from_env()?)?;
     let mut options = options(1500);
     // Slow enough that the kill lands while orders are still flowing.
     options.standin.concurrency = 2;
@@ -90,9 +92,9 @@ fn a_receiver_killed_mid_run_gets_its_orders_redelivered_and_none_is_lost() -> R
     options.standin.max_backoff = Duration::from_millis(500);
     let mut flow = Flow::start(&node, Flavor::Wasm, options)?;
     flow.release()?;
-    flow.wait_until(|p| p.blobs >= 100)?;
+    flow.wait_until(|p| p.blobs >= 100)?.reached()?;
     flow.kill_app(Role::ReceiverExpress)?;
-    let down = flow.wait_until(|p| p.redeliveries >= 3)?;
+    let down = flow.wait_until(|p| p.redeliveries >= 3)?.reached()?;
     assert!(down.redeliveries >= 3, "deliveries to the killed receiver must fail and be redelivered");
     assert!(down.blobs < 1500, "the flow ended before the receiver was killed; nothing was tested");
     flow.start_app(Role::ReceiverExpress)?;
@@ -107,7 +109,7 @@ fn a_receiver_killed_mid_run_gets_its_orders_redelivered_and_none_is_lost() -> R
 
 #[test]
 fn a_blob_storage_outage_is_answered_5xx_and_redelivered_not_lost() -> Result<()> {
-    let node = Node::start()?;
+    let node = Node::start(&Paths::from_env()?)?;
     let mut options = options(200);
     options.standin.failing_blob_writes = 40;
     options.standin.backoff = Duration::from_millis(20);

@@ -1,0 +1,52 @@
+//! The benchmark: the Wasm app on the wasmtime-custom shim against the same
+//! order logic as a native server under runc, every row measured side by
+//! side in one run on this machine. It prints figures and asserts nothing.
+//!
+//! Rows, in this order: HTTP throughput and latency with `wrk` (`http`;
+//! running and reading wrk: `wrk`), cold starts (`cold_start`), density,
+//! the PSS of N running instances (`density`), sizes (`sizes`), and the
+//! full order flow (`full_flow`). Medians over repeats; ratios are Wasm /
+//! native (`table`). What every row needs to start apps is in `apps`; this
+//! module runs the rows in order and writes the table.
+
+mod apps;
+mod cold_start;
+mod density;
+mod full_flow;
+mod http;
+mod options;
+mod sizes;
+mod table;
+mod wrk;
+
+use anyhow::Result;
+use testbed::Paths;
+
+pub use self::options::BenchOptions;
+use self::table::Table;
+use crate::model::FlowOptions;
+
+/// Measures every row, prints the table and writes it under `options.out`.
+pub fn run(paths: &Paths, options: &BenchOptions, flow: FlowOptions) -> Result<()> {
+    let mut rows = Vec::new();
+    let containerd = apps::containerd_with_images(paths)?;
+    eprintln!("bench: HTTP with wrk");
+    rows.extend(http::rows(&containerd, options)?);
+    eprintln!("bench: cold starts");
+    rows.extend(cold_start::rows(&containerd, options)?);
+    eprintln!("bench: density");
+    rows.extend(density::rows(&containerd, options)?);
+    drop(containerd);
+    rows.extend(sizes::rows(paths)?);
+    eprintln!("bench: the full flow, {} orders, {} runs each", flow.orders, options.repeats);
+    rows.push(full_flow::row(paths, options, &flow)?);
+
+    let notes = vec![
+        http::note(options),
+        cold_start::note(options),
+        density::note(options),
+        sizes::note(),
+        full_flow::note(&flow),
+    ];
+    Table::new(rows, notes).publish(&options.out)
+}
