@@ -23,6 +23,10 @@ fi
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
+# CI checks the formatting and the lints.
+for component in rustfmt clippy; do
+  rustup component list --installed | grep -q "^$component" || rustup component add "$component"
+done
 
 # containerd 1.7 (wasm-layer images need >= 1.7.7; Debian 12 ships 1.6.20)
 # and 2.1 (config version 3), for the installer's and the shim's tests.
