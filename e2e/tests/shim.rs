@@ -228,6 +228,31 @@ fn a_trap_fails_one_request_and_the_server_keeps_serving() -> Result<()> {
 }
 
 #[test]
+fn a_container_whose_log_nobody_reads_keeps_answering_requests_that_log() -> Result<()> {
+    // `ctr run -d`: ctr goes away, nobody reads the container's stdout and
+    // stderr pipes, and they fill after about a thousand lines.
+    let containerd = Containerd::start(Version::V1_6)?;
+    containerd.import("test-http.tar", &[])?;
+    let port = free_port()?;
+    let id = format!("unread-log-{}", std::process::id());
+    containerd.run_detached(Run::new(TEST_HTTP, &id).listen(port))?;
+    testbed::poll::until("the detached container to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })?;
+    // Each request writes a line to stdout and one to stderr: 6,000 lines,
+    // several times what the pipes hold.
+    let started = Instant::now();
+    for n in 0..3000 {
+        let logged = http::get(port, "/log")?;
+        assert_eq!(logged.status, 200, "request {n}: {}", logged.body);
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(120), "3000 logging requests took {took:?}");
+    assert_eq!(http::get(port, "/healthz")?.status, 200, "the server answers afterwards");
+    containerd.remove(&id)
+}
+
+#[test]
 fn broken_images_fail_to_start_with_their_cause() -> Result<()> {
     let containerd = Containerd::start(Version::V1_6)?;
     for archive in ["test-not-wasm.tar", "test-truncated.tar", "test-no-export.tar", "test-http.tar"] {

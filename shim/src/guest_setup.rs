@@ -5,6 +5,8 @@
 
 use anyhow::{Context, Result};
 use containerd_shim_wasm::sandbox::context::RuntimeContext;
+use wasmtime_wasi::filesystem::WasiFilesystemCtx;
+use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 /// The guest's arguments, environment and files, as the container sets them.
@@ -12,28 +14,56 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 pub struct GuestSetup {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The container's root folder as the guest's `/`, opened once: every
+    /// store shares this one descriptor, so a request costs no `open` and
+    /// holds no descriptor of its own for it.
+    root: WasiFilesystemCtx,
 }
 
 impl GuestSetup {
-    pub fn from_context(ctx: &impl RuntimeContext) -> GuestSetup {
+    pub fn from_context(ctx: &impl RuntimeContext) -> Result<GuestSetup> {
         let env = ctx
             .envs()
             .iter()
             .filter_map(|entry| entry.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        GuestSetup { args: ctx.args().to_vec(), env }
+        GuestSetup::new(ctx.args().to_vec(), env)
     }
 
-    /// A WASI context builder with these arguments, environment and files;
-    /// the caller decides where the guest's output goes.
-    pub fn wasi(&self) -> Result<WasiCtxBuilder> {
+    /// Opens the container's root folder for the guest.
+    pub fn new(args: Vec<String>, env: Vec<(String, String)>) -> Result<GuestSetup> {
+        let mut builder = WasiCtx::builder();
+        with_root(&mut builder)?;
+        let root = builder.build().filesystem().clone();
+        Ok(GuestSetup { args, env, root })
+    }
+
+    /// A WASI context with these arguments, environment and files; `output`
+    /// says where the guest's output goes.
+    pub fn context(&self, output: impl FnOnce(&mut WasiCtxBuilder)) -> WasiCtx {
         let mut builder = WasiCtx::builder();
         builder.args(&self.args).envs(&self.env);
-        builder
-            .preopened_dir("/", "/", FsPerms::ReadWrite)
-            .map_err(anyhow::Error::from)
-            .context("could not give the guest the container's root filesystem")?;
-        Ok(builder)
+        output(&mut builder);
+        let mut context = builder.build();
+        *context.filesystem() = self.root.clone();
+        context
     }
+
+    /// A WASIp1 context (core modules), with the container's stdio. It opens
+    /// the root folder again: a module runs once per container.
+    pub fn p1_context(&self) -> Result<WasiP1Ctx> {
+        let mut builder = WasiCtx::builder();
+        builder.args(&self.args).envs(&self.env).inherit_stdio();
+        with_root(&mut builder)?;
+        Ok(builder.build_p1())
+    }
+}
+
+fn with_root(builder: &mut WasiCtxBuilder) -> Result<()> {
+    builder
+        .preopened_dir("/", "/", FsPerms::ReadWrite)
+        .map_err(anyhow::Error::from)
+        .context("could not give the guest the container's root filesystem")?;
+    Ok(())
 }

@@ -12,6 +12,7 @@ mod engine;
 mod guest_setup;
 mod logs;
 mod outgoing;
+mod output;
 mod run;
 mod sandbox;
 mod serve;

@@ -1,12 +1,13 @@
 //! Guest output of HTTP requests, tagged with the request id.
 //!
 //! Each request gets its own stdout and stderr streams. Bytes are cut into
-//! whole lines, each line is prefixed with `[req=<id>] ` and written to the
-//! container's stdout or stderr in one call under the process-wide lock, so
-//! lines of concurrent requests never interleave mid-line. A last line
-//! without a newline is written when the request's instance goes away.
+//! whole lines, each line is prefixed with `[req=<id>] ` and handed to the
+//! container's stdout or stderr in one piece (`output.rs`, which never
+//! blocks), so lines of concurrent requests never interleave mid-line. A
+//! last line without a newline is written when the request's instance goes
+//! away.
 
-use std::io::{self, Write};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,14 +15,11 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use crate::output;
+pub use crate::output::Target;
+
 /// A line longer than this is written in pieces, each tagged.
 const MAX_LINE: usize = 16 * 1024;
-
-#[derive(Clone, Copy, Debug)]
-pub enum Target {
-    Stdout,
-    Stderr,
-}
 
 /// The `StdoutStream` given to a request's WASI context.
 #[derive(Clone)]
@@ -55,18 +53,11 @@ struct LineWriter {
 }
 
 impl LineWriter {
-    /// Writes every complete line in `pending`; with `all`, the rest too.
-    fn emit(&mut self, all: bool) -> io::Result<()> {
+    /// Hands every complete line in `pending` to the container's output;
+    /// with `all`, the rest too.
+    fn emit(&mut self, all: bool) {
         let out = take_lines(&mut self.pending, self.output.prefix.as_bytes(), all);
-        if out.is_empty() {
-            return Ok(());
-        }
-        // Blocking write: the container's log is a FIFO read by containerd,
-        // and a line is small. Holding the std lock keeps the line whole.
-        match self.output.target {
-            Target::Stdout => io::stdout().lock().write_all(&out),
-            Target::Stderr => io::stderr().lock().write_all(&out),
-        }
+        output::write(self.output.target, out);
     }
 }
 
@@ -99,7 +90,8 @@ impl AsyncWrite for LineWriter {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.pending.extend_from_slice(buf);
-        Poll::Ready(this.emit(false).map(|()| buf.len()))
+        this.emit(false);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -109,15 +101,14 @@ impl AsyncWrite for LineWriter {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.get_mut().emit(true))
+        self.get_mut().emit(true);
+        Poll::Ready(Ok(()))
     }
 }
 
 impl Drop for LineWriter {
     fn drop(&mut self) {
-        if let Err(e) = self.emit(true) {
-            log::warn!("lost guest output: {e}");
-        }
+        self.emit(true);
     }
 }
 

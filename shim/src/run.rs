@@ -35,7 +35,9 @@ pub async fn command(
         let mut linker = Linker::<StoreState>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-        let wasi = setup.wasi()?.inherit_stdio().build();
+        let wasi = setup.context(|output| {
+            output.inherit_stdio();
+        });
         let state = StoreState::new(wasi, OutgoingHttp::new(), settings.max_memory_bytes);
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
@@ -71,7 +73,7 @@ pub async fn module(
     let run = async {
         let mut linker = wasmtime::Linker::<ModuleStoreState>::new(engine);
         p1::add_to_linker_async(&mut linker, |state| &mut state.wasi).map_err(anyhow::Error::from)?;
-        let wasi = setup.wasi()?.inherit_stdio().build_p1();
+        let wasi = setup.p1_context()?;
         let limits = StoreLimitsBuilder::new().memory_size(settings.max_memory_bytes).build();
         let mut store = Store::new(engine, ModuleStoreState { wasi, limits });
         store.limiter(|state| &mut state.limits);
@@ -198,17 +200,18 @@ mod tests {
     async fn stop_module(engine: &Engine, name: &str, then: &str, signal: &str) -> (i32, Duration) {
         let ready = Ready(std::env::temp_dir().join(format!("wtc-run-{}-{name}", std::process::id())));
         let wasm = Module::new(engine, wat::parse_str(module_wat(&ready.0, then)).unwrap()).unwrap();
-        let setup = GuestSetup { args: vec![name.into()], env: Vec::new() };
+        let setup = GuestSetup::new(vec![name.into()], Vec::new()).unwrap();
         let signals = Signals::watch().unwrap();
         let settings = Settings::default();
         let run = module(engine, &wasm, &setup, "the test module", "_start", &settings, signals);
         tokio::pin!(run);
         let running = async {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !ready.0.exists() {
-                assert!(Instant::now() < deadline, "{name}: the module did not start within 10 s");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let started = format!("{name} to start");
+            testbed::poll::until_async(&started, Duration::from_secs(10), async || {
+                Ok(ready.0.exists().then_some(()))
+            })
+            .await
+            .unwrap();
             // Five ticks and more: a deadline that trapped would have by now.
             tokio::time::sleep(Duration::from_millis(500)).await;
         };

@@ -10,6 +10,7 @@ use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source};
 
 use crate::engine::{self, Workload};
 use crate::guest_setup::GuestSetup;
+use crate::output;
 use crate::settings::Settings;
 use crate::signals::Signals;
 use crate::{run, serve};
@@ -23,16 +24,22 @@ pub struct WasmtimeSandbox;
 
 impl Sandbox for WasmtimeSandbox {
     async fn run_wasi(&self, ctx: &impl RuntimeContext) -> Result<i32> {
-        match start(ctx).await {
-            Ok(code) => Ok(code),
+        let code = match start(ctx).await {
+            Ok(code) => code,
             Err(e) => {
                 // stderr is the container's log: what `ctr run` prints and
                 // `kubectl logs` shows; the shim log reaches containerd's.
-                eprintln!("wasmtime-custom: cannot run this container: {e:#}");
-                log::error!("cannot run this container: {e:#}");
-                Ok(EXIT_CANNOT_RUN)
+                output::message(
+                    log::Level::Error,
+                    format!("wasmtime-custom: cannot run this container: {e:#}"),
+                );
+                EXIT_CANNOT_RUN
             }
-        }
+        };
+        // The process exits when this returns: give the queued output a
+        // moment to reach the container's log.
+        output::flush();
+        Ok(code)
     }
 
     /// Accepts every non-Linux workload here; `run_wasi` checks it fully.
@@ -57,7 +64,7 @@ async fn start(ctx: &impl RuntimeContext) -> Result<i32> {
     let bytes = entrypoint.source.as_bytes().with_context(|| format!("could not read {origin}"))?;
     let precompiled = entrypoint.source.is_precompiled()?;
     let engine = engine::new(settings.max_memory_bytes)?;
-    let setup = GuestSetup::from_context(ctx);
+    let setup = GuestSetup::from_context(ctx)?;
     let workload = engine::load(&engine, &bytes, precompiled, &origin)?;
     // Every workload yields at each tick: HTTP requests to keep their
     // timeout, commands and modules to stay stoppable by a signal.

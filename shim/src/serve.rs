@@ -23,6 +23,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use log::Level;
 use tokio::net::TcpListener;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
@@ -34,6 +35,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::guest_setup::GuestSetup;
 use crate::logs::{TaggedOutput, Target};
 use crate::outgoing::OutgoingHttp;
+use crate::output;
 use crate::settings::Settings;
 use crate::signals::Signals;
 use crate::store_state::StoreState;
@@ -78,8 +80,7 @@ pub async fn serve(
     let listener = TcpListener::bind(settings.listen).await.with_context(|| {
         format!("could not listen on {} (set {} to a free address)", settings.listen, crate::settings::LISTEN)
     })?;
-    eprintln!("wasmtime-custom: serving on http://{}", settings.listen);
-    log::info!("serving on http://{}", settings.listen);
+    output::message(Level::Info, format!("wasmtime-custom: serving on http://{}", settings.listen));
 
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
@@ -95,7 +96,7 @@ pub async fn serve(
                     Err(e) => {
                         // Usually out of file descriptors: back off briefly
                         // instead of spinning, and keep serving.
-                        log::warn!("accept failed: {e}");
+                        output::message(Level::Warn, format!("wasmtime-custom: accept failed: {e}"));
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
@@ -115,21 +116,26 @@ pub async fn serve(
 
     drop(listener);
     let in_flight = server.in_flight.load(Ordering::SeqCst);
-    eprintln!(
-        "wasmtime-custom: {}: stopped accepting; {in_flight} request(s) in flight, \
-         waiting up to {}s for them",
-        stopped_by.name(),
-        settings.grace.as_secs()
+    output::message(
+        Level::Info,
+        format!(
+            "wasmtime-custom: {}: stopped accepting; {in_flight} request(s) in flight, waiting up to {}s \
+             for them",
+            stopped_by.name(),
+            settings.grace.as_secs()
+        ),
     );
     let cut_short = |why: &str| {
         let left = server.in_flight.load(Ordering::SeqCst);
-        eprintln!("wasmtime-custom: {why}; exiting with {left} request(s) unfinished");
-        log::warn!("{why}; exiting with {left} request(s) unfinished");
+        output::message(
+            Level::Warn,
+            format!("wasmtime-custom: {why}; exiting with {left} request(s) unfinished"),
+        );
         EXIT_CUT_SHORT
     };
     let code = tokio::select! {
         _ = graceful.shutdown() => {
-            eprintln!("wasmtime-custom: all requests finished; exiting");
+            output::message(Level::Info, "wasmtime-custom: all requests finished; exiting".into());
             0
         }
         _ = tokio::time::sleep(settings.grace) => cut_short("grace period over"),
@@ -194,12 +200,11 @@ impl Server {
     /// The one place a request's world is built: its WASI context with
     /// tagged output, its memory limit and its CPU deadline.
     fn new_store(&self, request_id: &str) -> Result<Store<StoreState>> {
-        let wasi = self
-            .setup
-            .wasi()?
-            .stdout(TaggedOutput::new(request_id, Target::Stdout))
-            .stderr(TaggedOutput::new(request_id, Target::Stderr))
-            .build();
+        let wasi = self.setup.context(|output| {
+            output
+                .stdout(TaggedOutput::new(request_id, Target::Stdout))
+                .stderr(TaggedOutput::new(request_id, Target::Stderr));
+        });
         let state = StoreState::new(wasi, self.outgoing.clone(), self.settings.max_memory_bytes);
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
@@ -352,15 +357,13 @@ impl Failure {
     /// Logs a failure the caller cannot be told about any more.
     fn log(self, id: &str, when: &str) {
         let (_, public, detail) = self.describe();
-        eprintln!("[req={id}] wasmtime-custom: {public} {when}: {detail}");
-        log::error!("request {id}: {public} {when}: {detail}");
+        output::message(Level::Error, format!("[req={id}] wasmtime-custom: {public} {when}: {detail}"));
     }
 
     fn into_response(self, id: &str) -> Response<HyperOutgoingBody> {
         let (status, public, detail) = self.describe();
         // The details (a trap's backtrace) go to the log, not to the caller.
-        eprintln!("[req={id}] wasmtime-custom: {public}: {detail}");
-        log::error!("request {id}: {public}: {detail}");
+        output::message(Level::Error, format!("[req={id}] wasmtime-custom: {public}: {detail}"));
         let body = format!("{public} (request id {id}; see the container log)\n");
         let body = Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}).boxed_unsync();
         let mut response = Response::new(body);
