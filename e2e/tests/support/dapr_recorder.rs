@@ -59,13 +59,16 @@ impl DaprRecorder {
             .enable_all()
             .build()
             .context("start the recorder's runtime")?;
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind((ip, 0)))
+        // Bound here, not in the runtime: a test may call this from its own
+        // async runtime, where blocking on another one is not allowed.
+        let listener = std::net::TcpListener::bind((ip, 0))
             .with_context(|| format!("bind the Dapr recorder on {ip}"))?;
+        listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
         let shared = Arc::new(Shared { status: AtomicU16::new(200), ..Shared::default() });
         let serving = shared.clone();
         runtime.spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
             while let Ok((stream, _)) = listener.accept().await {
                 let shared = serving.clone();
                 tokio::spawn(async move {
