@@ -15,9 +15,9 @@
 //! written by the same thread, never by a serving thread.
 
 use std::io::{self, Write};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The most bytes waiting per stream; beyond it lines are dropped.
@@ -58,7 +58,7 @@ impl Item {
 }
 
 struct Stream {
-    sender: Mutex<Sender<Item>>,
+    sender: Sender<Item>,
     queued: AtomicUsize,
     dropped: AtomicU64,
 }
@@ -66,8 +66,7 @@ struct Stream {
 impl Stream {
     fn start(target: Target) -> Stream {
         let (sender, receiver) = mpsc::channel();
-        let stream =
-            Stream { sender: Mutex::new(sender), queued: AtomicUsize::new(0), dropped: AtomicU64::new(0) };
+        let stream = Stream { sender, queued: AtomicUsize::new(0), dropped: AtomicU64::new(0) };
         let name = match target {
             Target::Stdout => "stdout-writer",
             Target::Stderr => "stderr-writer",
@@ -88,20 +87,25 @@ impl Stream {
             self.dropped.fetch_add(item.lines(), Ordering::Relaxed);
             return;
         }
-        let sent = self.sender.lock().map(|sender| sender.send(item).is_ok()).unwrap_or(false);
-        if !sent {
+        if self.sender.send(item).is_err() {
             self.queued.fetch_sub(len, Ordering::AcqRel);
         }
     }
 }
 
-fn stream(target: Target) -> &'static Stream {
-    static STDOUT: OnceLock<Stream> = OnceLock::new();
-    static STDERR: OnceLock<Stream> = OnceLock::new();
+static STDOUT: OnceLock<Stream> = OnceLock::new();
+static STDERR: OnceLock<Stream> = OnceLock::new();
+
+fn cell(target: Target) -> &'static OnceLock<Stream> {
     match target {
-        Target::Stdout => STDOUT.get_or_init(|| Stream::start(Target::Stdout)),
-        Target::Stderr => STDERR.get_or_init(|| Stream::start(Target::Stderr)),
+        Target::Stdout => &STDOUT,
+        Target::Stderr => &STDERR,
     }
+}
+
+/// The stream of `target`, with its writer thread started on first use.
+fn stream(target: Target) -> &'static Stream {
+    cell(target).get_or_init(|| Stream::start(target))
 }
 
 /// Queues whole lines for `target`; never blocks.
@@ -121,8 +125,8 @@ pub fn message(level: log::Level, line: String) {
 /// Waits (a little) for the queued lines to be written, at exit.
 pub fn flush() {
     let deadline = Instant::now() + FLUSH_WAIT;
-    for target in [Target::Stdout, Target::Stderr] {
-        let stream = stream(target);
+    // A stream never used has nothing queued (and no thread to start now).
+    for stream in [Target::Stdout, Target::Stderr].into_iter().filter_map(|target| cell(target).get()) {
         while stream.queued.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
