@@ -9,8 +9,11 @@ use containerd_shim_wasm::shim::{Compiler, Shim, Version, version};
 
 mod compiler;
 mod engine;
+mod guest_calls;
 mod guest_setup;
 mod logs;
+mod metrics;
+mod outbound;
 mod outgoing;
 mod output;
 mod run;
@@ -19,6 +22,7 @@ mod serve;
 mod settings;
 mod signals;
 mod store_state;
+mod traces;
 
 pub use compiler::Precompiler;
 pub use sandbox::WasmtimeSandbox;

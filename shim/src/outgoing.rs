@@ -25,7 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, Sleep};
-use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
 /// Each of the three timeouts when the guest sets none: wasmtime-wasi-http's
 /// default sender waits this long too.
@@ -35,7 +35,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// so a request is not sent on a connection the server is closing.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The hooks of every store of a container: its pool of connections.
+/// The container's pool of connections, shared by all its stores.
 #[derive(Clone)]
 pub struct OutgoingHttp {
     client: Client<HttpConnector, WasiBody>,
@@ -56,12 +56,14 @@ impl OutgoingHttp {
     }
 }
 
-type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
-type ResponseFuture = Box<dyn Future<Output = Result<(hyper::Response<WasiBody>, IoFuture), Error>> + Send>;
+pub type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
+pub type ResponseFuture =
+    Box<dyn Future<Output = Result<(hyper::Response<WasiBody>, IoFuture), Error>> + Send>;
 
-impl WasiHttpHooks for OutgoingHttp {
-    fn send_request(
-        &mut self,
+impl OutgoingHttp {
+    /// Sends a guest's request (`WasiHttpHooks::send_request`'s arguments).
+    pub fn send(
+        &self,
         request: Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: IoFuture,

@@ -122,6 +122,11 @@ pub fn message(level: log::Level, line: String) {
     stream(Target::Stderr).push(Item::Message { line, level });
 }
 
+/// Lines of `target` dropped so far (for the metrics).
+pub fn dropped_lines(target: Target) -> u64 {
+    cell(target).get().map_or(0, |stream| stream.dropped.load(Ordering::Relaxed))
+}
+
 /// Waits (a little) for the queued lines to be written, at exit.
 pub fn flush() {
     let deadline = Instant::now() + FLUSH_WAIT;

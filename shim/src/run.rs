@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use wasmtime::component::{Component, Linker};
@@ -13,6 +14,7 @@ use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::bindings::Command;
 
+use crate::guest_calls::GuestCalls;
 use crate::guest_setup::GuestSetup;
 use crate::outgoing::OutgoingHttp;
 use crate::settings::Settings;
@@ -38,7 +40,10 @@ pub async fn command(
         let wasi = setup.context(|output| {
             output.inherit_stdio();
         });
-        let state = StoreState::new(wasi, OutgoingHttp::new(), settings.max_memory_bytes);
+        // A command's outgoing requests keep the allow-list; they are not on
+        // behalf of an incoming request, so they carry no trace context.
+        let calls = GuestCalls::new(OutgoingHttp::new(), Arc::new(settings.outbound.clone()), None, None);
+        let state = StoreState::new(wasi, calls, settings.max_memory_bytes);
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
         yield_at_every_tick(&mut store);

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+pub use crate::outbound::OutboundPolicy;
+
 /// Serving settings of one container. Every field is read from the
 /// container's environment (`ctr run --env`, a pod's `env:`); the README
 /// lists them with their defaults.
@@ -26,6 +28,52 @@ pub struct Settings {
     /// `WASMTIME_CUSTOM_MAX_MEMORY_MB`: the most linear memory one instance
     /// (one request) may grow to. Default 128 MiB.
     pub max_memory_bytes: usize,
+    /// `WASMTIME_CUSTOM_METRICS_LISTEN`: where Prometheus metrics are served
+    /// (`GET /metrics`, OpenMetrics text). Default: off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `WASMTIME_CUSTOM_MAX_CONCURRENT_REQUESTS`: the most requests one
+    /// container handles at once (each holds an instance). Default 256.
+    pub max_concurrent_requests: usize,
+    /// `WASMTIME_CUSTOM_QUEUE_TIMEOUT_MS`: how long a request beyond that
+    /// limit waits for a slot before it is answered 503 with `Retry-After`,
+    /// without instantiating anything. Default 1000 ms.
+    pub queue_timeout: Duration,
+    /// `WASMTIME_CUSTOM_MAX_BODY_BYTES`: the largest request body; a larger
+    /// one is answered 413. Default 10 MiB.
+    pub max_body_bytes: u64,
+    /// `WASMTIME_CUSTOM_ALLOWED_OUTBOUND_HOSTS`: where the guest may send
+    /// HTTP requests. Default: anywhere.
+    pub outbound: OutboundPolicy,
+    /// `WASMTIME_CUSTOM_SHUTDOWN_DELAY_SECONDS`: after SIGTERM, how long the
+    /// server keeps accepting (answering with `Connection: close`) before it
+    /// drains, for load balancers that still send traffic to a terminating
+    /// pod. Default 0.
+    pub shutdown_delay: Duration,
+    /// Where spans go, from the standard `OTEL_*` variables.
+    pub traces: TraceSettings,
+}
+
+/// OpenTelemetry export, set with the standard variables of the container's
+/// environment (the shim's own environment is not the container's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSettings {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: the OTLP/HTTP traces URL as is.
+    pub traces_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the collector's base URL.
+    pub base_endpoint: Option<String>,
+    /// `OTEL_SERVICE_NAME`, default `wasmtime-custom`.
+    pub service_name: String,
+}
+
+impl TraceSettings {
+    /// Where spans are sent: the traces URL, else the base URL +
+    /// `/v1/traces`, as the OpenTelemetry specification says. None: spans
+    /// are not exported (trace context is still propagated).
+    pub fn endpoint(&self) -> Option<String> {
+        self.traces_endpoint.clone().or_else(|| {
+            self.base_endpoint.as_ref().map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+        })
+    }
 }
 
 impl Default for Settings {
@@ -35,6 +83,17 @@ impl Default for Settings {
             grace: Duration::from_secs(25),
             request_timeout: Duration::from_secs(60),
             max_memory_bytes: 128 << 20,
+            metrics_listen: None,
+            max_concurrent_requests: 256,
+            queue_timeout: Duration::from_millis(1000),
+            max_body_bytes: 10 << 20,
+            outbound: OutboundPolicy::AllowAll,
+            shutdown_delay: Duration::ZERO,
+            traces: TraceSettings {
+                traces_endpoint: None,
+                base_endpoint: None,
+                service_name: "wasmtime-custom".into(),
+            },
         }
     }
 }
@@ -43,6 +102,30 @@ pub const LISTEN: &str = "WASMTIME_CUSTOM_LISTEN";
 pub const GRACE_SECONDS: &str = "WASMTIME_CUSTOM_GRACE_SECONDS";
 pub const REQUEST_TIMEOUT_SECONDS: &str = "WASMTIME_CUSTOM_REQUEST_TIMEOUT_SECONDS";
 pub const MAX_MEMORY_MB: &str = "WASMTIME_CUSTOM_MAX_MEMORY_MB";
+pub const METRICS_LISTEN: &str = "WASMTIME_CUSTOM_METRICS_LISTEN";
+pub const MAX_CONCURRENT_REQUESTS: &str = "WASMTIME_CUSTOM_MAX_CONCURRENT_REQUESTS";
+pub const QUEUE_TIMEOUT_MS: &str = "WASMTIME_CUSTOM_QUEUE_TIMEOUT_MS";
+pub const MAX_BODY_BYTES: &str = "WASMTIME_CUSTOM_MAX_BODY_BYTES";
+pub const ALLOWED_OUTBOUND_HOSTS: &str = "WASMTIME_CUSTOM_ALLOWED_OUTBOUND_HOSTS";
+pub const SHUTDOWN_DELAY_SECONDS: &str = "WASMTIME_CUSTOM_SHUTDOWN_DELAY_SECONDS";
+const KNOWN: [&str; 10] = [
+    LISTEN,
+    GRACE_SECONDS,
+    REQUEST_TIMEOUT_SECONDS,
+    MAX_MEMORY_MB,
+    METRICS_LISTEN,
+    MAX_CONCURRENT_REQUESTS,
+    QUEUE_TIMEOUT_MS,
+    MAX_BODY_BYTES,
+    ALLOWED_OUTBOUND_HOSTS,
+    SHUTDOWN_DELAY_SECONDS,
+];
+
+const OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+const OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+const OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+const OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 
 impl Settings {
     /// Reads the settings from `KEY=VALUE` pairs (the OCI spec's env list).
@@ -52,10 +135,14 @@ impl Settings {
         let mut settings = Settings::default();
         for entry in env {
             let Some((key, value)) = entry.split_once('=') else { continue };
+            let value = value.trim();
+            if key.starts_with("OTEL_") {
+                read_otel(&mut settings.traces, key, value)?;
+                continue;
+            }
             if !key.starts_with("WASMTIME_CUSTOM_") {
                 continue;
             }
-            let value = value.trim();
             match key {
                 LISTEN => {
                     settings.listen = value.parse().with_context(|| {
@@ -77,14 +164,82 @@ impl Settings {
                         })?;
                     settings.max_memory_bytes = mb << 20;
                 }
-                _ => bail!(
-                    "unknown setting {key}; known ones are {LISTEN}, {GRACE_SECONDS}, \
-                     {REQUEST_TIMEOUT_SECONDS}, {MAX_MEMORY_MB}"
-                ),
+                METRICS_LISTEN => {
+                    let address: SocketAddr = value.parse().with_context(|| {
+                        format!("{key}={value:?} is not an IP:port address such as 0.0.0.0:9090")
+                    })?;
+                    settings.metrics_listen = Some(address);
+                }
+                MAX_CONCURRENT_REQUESTS => {
+                    settings.max_concurrent_requests =
+                        value.parse().ok().filter(|n| (1..=MAX_INSTANCES).contains(n)).with_context(
+                            || format!("{key}={value:?} must be a whole number from 1 to {MAX_INSTANCES}"),
+                        )?;
+                }
+                QUEUE_TIMEOUT_MS => {
+                    let ms: u64 = value.parse().ok().filter(|ms| *ms <= 60_000).with_context(|| {
+                        format!("{key}={value:?} must be a whole number of milliseconds from 0 to 60000")
+                    })?;
+                    settings.queue_timeout = Duration::from_millis(ms);
+                }
+                MAX_BODY_BYTES => {
+                    settings.max_body_bytes = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .with_context(|| format!("{key}={value:?} must be a positive number of bytes"))?;
+                }
+                ALLOWED_OUTBOUND_HOSTS => {
+                    settings.outbound =
+                        OutboundPolicy::parse(value).with_context(|| format!("{key}={value:?}"))?;
+                }
+                SHUTDOWN_DELAY_SECONDS => settings.shutdown_delay = Duration::from_secs(seconds(key, value)?),
+                _ => bail!("unknown setting {key}; known ones are {}", KNOWN.join(", ")),
             }
+        }
+        if settings.metrics_listen == Some(settings.listen) {
+            bail!(
+                "{METRICS_LISTEN} and {LISTEN} are both {}; give metrics a port of their own",
+                settings.listen
+            );
+        }
+        if settings.shutdown_delay >= settings.grace {
+            bail!(
+                "{SHUTDOWN_DELAY_SECONDS} ({}s) must be shorter than {GRACE_SECONDS} ({}s): the drain \
+                 after the delay needs time too",
+                settings.shutdown_delay.as_secs(),
+                settings.grace.as_secs()
+            );
         }
         Ok(settings)
     }
+}
+
+/// The most instances the engine's pool holds (wasmtime's default), so the
+/// most requests that can ever run at once.
+pub const MAX_INSTANCES: usize = 1000;
+
+/// Reads one `OTEL_*` variable. Only OTLP over HTTP with protobuf is
+/// exported; other protocols are refused rather than silently ignored.
+fn read_otel(traces: &mut TraceSettings, key: &str, value: &str) -> Result<()> {
+    match key {
+        OTLP_TRACES_ENDPOINT => traces.traces_endpoint = Some(url(key, value)?.to_string()),
+        OTLP_ENDPOINT => traces.base_endpoint = Some(url(key, value)?.to_string()),
+        OTLP_PROTOCOL | OTLP_TRACES_PROTOCOL if value != "http/protobuf" => bail!(
+            "{key}={value:?}: this shim exports spans over OTLP/HTTP with protobuf only; set it to \
+             http/protobuf or remove it"
+        ),
+        SERVICE_NAME if !value.is_empty() => traces.service_name = value.to_string(),
+        _ => {}
+    }
+    Ok(())
+}
+
+fn url<'a>(key: &str, value: &'a str) -> Result<&'a str> {
+    if !(value.starts_with("http://") || value.starts_with("https://")) || value.len() <= "https://".len() {
+        bail!("{key}={value:?} must be an http:// or https:// URL such as http://otel-collector:4318");
+    }
+    Ok(value)
 }
 
 fn seconds(key: &str, value: &str) -> Result<u64> {
@@ -97,6 +252,16 @@ mod tests {
 
     fn env(pairs: &[&str]) -> Vec<String> {
         pairs.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn the_traces_url_wins_over_the_base_url_in_any_order() {
+        let settings = Settings::from_env(&env(&[
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://a:4318/custom",
+            "OTEL_EXPORTER_OTLP_ENDPOINT=http://b:4318",
+        ]))
+        .unwrap();
+        assert_eq!(settings.traces.endpoint().as_deref(), Some("http://a:4318/custom"));
     }
 
     #[test]
@@ -113,8 +278,25 @@ mod tests {
             "WASMTIME_CUSTOM_GRACE_SECONDS=3",
             "WASMTIME_CUSTOM_REQUEST_TIMEOUT_SECONDS=7",
             "WASMTIME_CUSTOM_MAX_MEMORY_MB=64",
+            "WASMTIME_CUSTOM_METRICS_LISTEN=0.0.0.0:9090",
+            "WASMTIME_CUSTOM_MAX_CONCURRENT_REQUESTS=8",
+            "WASMTIME_CUSTOM_QUEUE_TIMEOUT_MS=250",
+            "WASMTIME_CUSTOM_MAX_BODY_BYTES=1024",
+            "WASMTIME_CUSTOM_ALLOWED_OUTBOUND_HOSTS=http://127.0.0.1:3500",
+            "WASMTIME_CUSTOM_SHUTDOWN_DELAY_SECONDS=2",
+            "OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318/",
+            "OTEL_SERVICE_NAME=distributor",
         ]))
         .unwrap();
+        assert_eq!(settings.metrics_listen, Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(settings.max_concurrent_requests, 8);
+        assert_eq!(settings.queue_timeout, Duration::from_millis(250));
+        assert_eq!(settings.max_body_bytes, 1024);
+        assert!(settings.outbound.allows(&"http://127.0.0.1:3500/v1.0".parse().unwrap()));
+        assert!(!settings.outbound.allows(&"http://127.0.0.1:3501/".parse().unwrap()));
+        assert_eq!(settings.shutdown_delay, Duration::from_secs(2));
+        assert_eq!(settings.traces.endpoint().as_deref(), Some("http://collector:4318/v1/traces"));
+        assert_eq!(settings.traces.service_name, "distributor");
         assert_eq!(settings.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(settings.grace, Duration::from_secs(3));
         assert_eq!(settings.request_timeout, Duration::from_secs(7));
@@ -129,6 +311,18 @@ mod tests {
             ("WASMTIME_CUSTOM_REQUEST_TIMEOUT_SECONDS=0", "WASMTIME_CUSTOM_REQUEST_TIMEOUT_SECONDS=0"),
             ("WASMTIME_CUSTOM_MAX_MEMORY_MB=0", "WASMTIME_CUSTOM_MAX_MEMORY_MB"),
             ("WASMTIME_CUSTOM_LISEN=0.0.0.0:1", "unknown setting WASMTIME_CUSTOM_LISEN"),
+            ("WASMTIME_CUSTOM_METRICS_LISTEN=9090", "WASMTIME_CUSTOM_METRICS_LISTEN"),
+            ("WASMTIME_CUSTOM_METRICS_LISTEN=0.0.0.0:8080", "give metrics a port of their own"),
+            ("WASMTIME_CUSTOM_MAX_CONCURRENT_REQUESTS=0", "from 1 to 1000"),
+            ("WASMTIME_CUSTOM_QUEUE_TIMEOUT_MS=-1", "WASMTIME_CUSTOM_QUEUE_TIMEOUT_MS"),
+            ("WASMTIME_CUSTOM_MAX_BODY_BYTES=10MB", "WASMTIME_CUSTOM_MAX_BODY_BYTES"),
+            ("WASMTIME_CUSTOM_ALLOWED_OUTBOUND_HOSTS=dapr:3500", "scheme://host[:port]"),
+            (
+                "WASMTIME_CUSTOM_SHUTDOWN_DELAY_SECONDS=25",
+                "must be shorter than WASMTIME_CUSTOM_GRACE_SECONDS",
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT=collector:4318", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL=grpc", "with protobuf only"),
         ] {
             let err = format!("{:#}", Settings::from_env(&env(&[entry])).unwrap_err());
             assert!(err.contains(needle), "{entry}: {err}");

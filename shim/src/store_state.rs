@@ -8,24 +8,24 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::outgoing::OutgoingHttp;
+use crate::guest_calls::GuestCalls;
 
 /// What one store of a component carries.
 pub struct StoreState {
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
-    /// Outgoing HTTP, over the container's connection pool.
-    pub outgoing: OutgoingHttp,
+    /// Outgoing HTTP: allow-list, trace context, count, connection pool.
+    pub calls: GuestCalls,
     pub table: ResourceTable,
     pub limits: StoreLimits,
 }
 
 impl StoreState {
-    pub fn new(wasi: WasiCtx, outgoing: OutgoingHttp, max_memory_bytes: usize) -> StoreState {
+    pub fn new(wasi: WasiCtx, calls: GuestCalls, max_memory_bytes: usize) -> StoreState {
         StoreState {
             wasi,
             http: WasiHttpCtx::new(),
-            outgoing,
+            calls,
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new().memory_size(max_memory_bytes).build(),
         }
@@ -40,6 +40,6 @@ impl WasiView for StoreState {
 
 impl WasiHttpView for StoreState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outgoing }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.calls }
     }
 }

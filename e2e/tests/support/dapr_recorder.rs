@@ -36,6 +36,8 @@ impl Call {
 #[derive(Default)]
 struct Shared {
     calls: Mutex<Vec<Call>>,
+    /// The path and `traceparent` header of every call, in order.
+    traceparents: Mutex<Vec<(String, Option<String>)>>,
     status: AtomicU16,
 }
 
@@ -94,6 +96,11 @@ impl DaprRecorder {
         std::mem::take(&mut *self.shared.calls.lock().expect("recorder lock"))
     }
 
+    /// The path and `traceparent` of every call so far, and forgets them.
+    pub fn take_traceparents(&self) -> Vec<(String, Option<String>)> {
+        std::mem::take(&mut *self.shared.traceparents.lock().expect("recorder lock"))
+    }
+
     /// Closes the port and every open connection: later calls are refused.
     pub fn stop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
@@ -114,6 +121,8 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string);
+    shared.traceparents.lock().expect("recorder lock").push((path.clone(), traceparent));
     let body = match request.into_body().collect().await {
         Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
         Err(e) => format!("<the body could not be read: {e}>"),
