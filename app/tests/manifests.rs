@@ -18,6 +18,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -131,6 +132,11 @@ fn deployments_run_the_app_under_wasmtime_custom() {
 
             let dapr_url = env(&app, "DAPR_URL").unwrap_or_else(|| panic!("{app_id}: DAPR_URL is not set"));
             DaprUrl::parse(Some(&dapr_url)).unwrap_or_else(|e| panic!("{app_id}: the app refuses {e}"));
+            assert_eq!(
+                env(&app, "OTEL_SERVICE_NAME").as_deref(),
+                Some(*app_id),
+                "{app_id}: spans must carry the app id (the shim's default service name is the same for all three)"
+            );
 
             let limits = app.resources.as_ref().and_then(|r| r.limits.clone()).unwrap_or_default();
             assert!(
@@ -162,14 +168,24 @@ fn timeouts_let_requests_finish_within_the_shutdown_grace() {
         };
         let request = seconds(env(&app, "WASMTIME_CUSTOM_REQUEST_TIMEOUT_SECONDS"), "the request timeout");
         let drain = seconds(env(&app, "WASMTIME_CUSTOM_GRACE_SECONDS"), "WASMTIME_CUSTOM_GRACE_SECONDS");
+        // Unset, the shim does not delay its shutdown.
+        let delay = env(&app, "WASMTIME_CUSTOM_SHUTDOWN_DELAY_SECONDS")
+            .map_or(0, |v| seconds(Some(v), "WASMTIME_CUSTOM_SHUTDOWN_DELAY_SECONDS"));
+        let sleep = pre_stop_sleep(&app, app_id);
         let kill = seconds(
             pod.termination_grace_period_seconds.map(|s| s.to_string()),
             "terminationGracePeriodSeconds",
         );
         assert!(
-            request < drain && drain < kill,
-            "{app_id}: need request timeout ({request}) < shim drain ({drain}) < terminationGracePeriodSeconds \
-             ({kill}), so in-flight requests end before the kubelet's SIGKILL"
+            request < drain,
+            "{app_id}: need request timeout ({request}) < shim drain ({drain}), so a request running at SIGTERM \
+             ends within the drain"
+        );
+        assert!(
+            sleep + delay + drain < kill,
+            "{app_id}: need preStop sleep ({sleep}) + WASMTIME_CUSTOM_SHUTDOWN_DELAY_SECONDS ({delay}) + shim \
+             drain ({drain}) < terminationGracePeriodSeconds ({kill}): the hook counts against the grace period, \
+             and the drain must end before the kubelet's SIGKILL"
         );
         let input = components().into_iter().find(|c| c.is_input() && c.scopes == [app_id]);
         let input = input.unwrap_or_else(|| panic!("no input binding scoped to {app_id}"));
@@ -179,6 +195,74 @@ fn timeouts_let_requests_finish_within_the_shutdown_grace() {
             "{app_id}: the shim's request timeout ({request}) must be below {}'s handlerTimeoutInSec \
              ({handler}), so a hung request is answered (and redelivered) before Dapr gives up on it",
             input.metadata.name
+        );
+    }
+}
+
+#[test]
+fn scrape_annotations_point_at_the_shims_metrics_listener() {
+    for app_id in APP_IDS {
+        let deployment = deployment(app_id);
+        let app = container(&pod_spec(&deployment), app_id);
+        let listen = env(&app, "WASMTIME_CUSTOM_METRICS_LISTEN").unwrap_or_else(|| {
+            panic!("{app_id}: WASMTIME_CUSTOM_METRICS_LISTEN is not set, so no metrics are served")
+        });
+        let listen: SocketAddr = listen.parse().unwrap_or_else(|e| {
+            panic!("{app_id}: WASMTIME_CUSTOM_METRICS_LISTEN {listen:?} is not an IP:port: {e}")
+        });
+        assert!(
+            listen.ip().is_unspecified(),
+            "{app_id}: the metrics listener must take every address of the pod for Prometheus to reach it, not {listen}"
+        );
+
+        let ports = app.ports.clone().unwrap_or_default();
+        let port_named = |name: &str| {
+            let port = ports.iter().find(|p| p.name.as_deref() == Some(name));
+            port.unwrap_or_else(|| panic!("{app_id}: no container port named {name}")).container_port
+        };
+        assert_eq!(
+            port_named("metrics"),
+            i32::from(listen.port()),
+            "{app_id}: container port metrics must be WASMTIME_CUSTOM_METRICS_LISTEN's port"
+        );
+        assert_ne!(port_named("metrics"), port_named("http"), "{app_id}: metrics need a port of their own");
+
+        let template = deployment.spec.map(|s| s.template).unwrap_or_default();
+        let annotations = template.metadata.and_then(|m| m.annotations).unwrap_or_default();
+        for (key, value) in [
+            ("prometheus.io/scrape", "true".to_owned()),
+            ("prometheus.io/port", listen.port().to_string()),
+            ("prometheus.io/path", "/metrics".to_owned()),
+        ] {
+            assert_eq!(
+                annotations.get(key),
+                Some(&value),
+                "{app_id}: pod annotation {key} must lead Prometheus to the shim's GET /metrics on {listen}"
+            );
+        }
+    }
+}
+
+#[test]
+fn guests_may_call_only_their_own_dapr() {
+    for app_id in APP_IDS {
+        let app = container(&pod_spec(&deployment(app_id)), app_id);
+        let dapr_url = env(&app, "DAPR_URL").unwrap_or_else(|| panic!("{app_id}: DAPR_URL is not set"));
+        let dapr =
+            DaprUrl::parse(Some(&dapr_url)).unwrap_or_else(|e| panic!("{app_id}: the app refuses {e}"));
+        let (scheme, default_port) = if dapr.https { ("https", 443) } else { ("http", 80) };
+        // The shim's patterns always name the port; DAPR_URL may leave it to the scheme.
+        let has_port = dapr.authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+        let expected = if has_port {
+            format!("{scheme}://{}", dapr.authority)
+        } else {
+            format!("{scheme}://{}:{default_port}", dapr.authority)
+        };
+        assert_eq!(
+            env(&app, "WASMTIME_CUSTOM_ALLOWED_OUTBOUND_HOSTS"),
+            Some(expected),
+            "{app_id}: the guest may call exactly its Dapr endpoint, the scheme://host:port of DAPR_URL \
+             {dapr_url:?} (unset, it could call anything)"
         );
     }
 }
@@ -464,6 +548,25 @@ fn pod_spec(deployment: &Deployment) -> PodSpec {
 fn container(pod: &PodSpec, app_id: &str) -> Container {
     assert_eq!(pod.containers.len(), 1, "{app_id}: the pod must hold the app container only (no sidecar)");
     pod.containers[0].clone()
+}
+
+/// The seconds of the container's preStop hook, which must be the kubelet's
+/// sleep action (a wasm image has no shell for an exec hook).
+fn pre_stop_sleep(container: &Container, app_id: &str) -> u64 {
+    let hook = container.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
+    let hook = hook.unwrap_or_else(|| {
+        panic!(
+            "{app_id}: no preStop hook, so SIGTERM comes while the Service may still send the pod requests"
+        )
+    });
+    assert!(
+        hook.exec.is_none() && hook.http_get.is_none() && hook.tcp_socket.is_none(),
+        "{app_id}: the preStop hook must be a sleep only (a wasm image has no shell, and the app no hook route)"
+    );
+    let sleep = hook.sleep.as_ref().unwrap_or_else(|| panic!("{app_id}: the preStop hook is not a sleep"));
+    u64::try_from(sleep.seconds).ok().filter(|&s| s > 0).unwrap_or_else(|| {
+        panic!("{app_id}: preStop sleeps {} s; it must outlast the endpoint removal", sleep.seconds)
+    })
 }
 
 fn env(container: &Container, key: &str) -> Option<String> {
