@@ -1,7 +1,9 @@
 //! The subset of Dapr's HTTP API the app calls, served to the apps:
 //!
 //! - `POST /v1.0/bindings/q-order-{express,standard}-out` puts `data` on the
-//!   queue `q-order-{express,standard}`; 204.
+//!   queue `q-order-{express,standard}`; 204. The call's trace context
+//!   (`traceparent`, `tracestate`) goes with the message, and its
+//!   deliveries carry it (see `trace`).
 //! - `POST /v1.0/bindings/{express,standard}-outbox` writes `data` as the
 //!   blob `metadata.blobName` of the outbox; 204.
 //! - `GET /v1.0/metadata` describes the stand-in and its components.
@@ -28,6 +30,7 @@ use tokio::net::TcpListener;
 use super::blobs::BlobError;
 use super::state::StandInState;
 use super::stats::order_id;
+use super::trace::TraceContext;
 use crate::bindings::{INPUTS, OUTBOXES, QUEUE_OUTPUTS};
 
 /// Largest request body the stand-in reads.
@@ -65,6 +68,8 @@ struct Invocation {
 
 async fn handle(state: &StandInState, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    // A malformed context counts as none: its message starts a new trace.
+    let trace = TraceContext::from_headers(request.headers());
     let body = match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) => return refuse(state, StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST", e.to_string()),
@@ -73,7 +78,7 @@ async fn handle(state: &StandInState, request: Request<Incoming>) -> Response<Fu
         (&Method::GET, "/v1.0/metadata") => json(StatusCode::OK, &metadata()),
         (&Method::GET, "/v1.0/healthz") => empty(StatusCode::NO_CONTENT),
         (&Method::POST, _) if path.starts_with("/v1.0/bindings/") => {
-            invoke(state, &path["/v1.0/bindings/".len()..], &body).await
+            invoke(state, &path["/v1.0/bindings/".len()..], &body, trace).await
         }
         _ => refuse(
             state,
@@ -84,8 +89,13 @@ async fn handle(state: &StandInState, request: Request<Incoming>) -> Response<Fu
     }
 }
 
-/// An output binding's call.
-async fn invoke(state: &StandInState, binding: &str, body: &[u8]) -> Response<Full<Bytes>> {
+/// An output binding's call, with the trace context it carries.
+async fn invoke(
+    state: &StandInState,
+    binding: &str,
+    body: &[u8],
+    trace: Option<TraceContext>,
+) -> Response<Full<Bytes>> {
     let invocation: Invocation = match serde_json::from_slice(body) {
         Ok(invocation) => invocation,
         Err(e) => {
@@ -103,7 +113,7 @@ async fn invoke(state: &StandInState, binding: &str, body: &[u8]) -> Response<Fu
     // A `serde_json::Value` always serialises: its map keys are strings.
     let data = Bytes::from(serde_json::to_vec(&invocation.data).expect("a JSON value serialises"));
     if let Some(output) = QUEUE_OUTPUTS.iter().find(|output| output.name == binding) {
-        return match state.publish(output.queue, data, order_id(&invocation.data)) {
+        return match state.publish(output.queue, data, order_id(&invocation.data), trace) {
             Ok(()) => empty(StatusCode::NO_CONTENT),
             Err(e) => {
                 refuse(state, StatusCode::INTERNAL_SERVER_ERROR, "ERR_INVOKE_OUTPUT_BINDING", e.to_string())

@@ -3,7 +3,8 @@
 //! 405), then a `POST` of each message to the route, at most `concurrency`
 //! at a time. A 2xx acknowledges the message; any other answer, no
 //! connection, or no answer within `delivery_timeout` fails it (the queue
-//! decides between redelivery and dead letter).
+//! decides between redelivery and dead letter). Each `POST` carries its
+//! message's trace context as `traceparent` and `tracestate` headers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use tokio::sync::Semaphore;
 
 use super::queue::Delivery;
 use super::state::StandInState;
+use super::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 use crate::bindings::InputBinding;
 
 /// How often the start-up probe asks.
@@ -62,7 +64,7 @@ async fn probe(
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
-        let last = match client.send(Method::OPTIONS, url, Bytes::new()).await {
+        let last = match client.send(Method::OPTIONS, url, Bytes::new(), None).await {
             Ok((status, _)) if status.is_success() || status == StatusCode::METHOD_NOT_ALLOWED => {
                 return Ok(());
             }
@@ -89,7 +91,7 @@ async fn deliver_one(
     delivery: Delivery,
 ) {
     let started = Instant::now();
-    match client.send(Method::POST, url, delivery.body).await {
+    match client.send(Method::POST, url, delivery.body, Some(&delivery.trace)).await {
         Ok((status, _)) if status.is_success() => {
             state.acknowledge(binding.queue, delivery.id, started.elapsed())
         }
@@ -120,14 +122,23 @@ impl AppClient {
         AppClient { client, timeout }
     }
 
-    /// One HTTP exchange; `Err` when there is no answer.
-    async fn send(&self, method: Method, url: &str, body: Bytes) -> Result<(StatusCode, String), String> {
-        let request = Request::builder()
-            .method(method)
-            .uri(url)
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|e| format!("invalid request to {url}: {e}"))?;
+    /// One HTTP exchange, carrying `trace` if given; `Err` when there is no
+    /// answer.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: Bytes,
+        trace: Option<&TraceContext>,
+    ) -> Result<(StatusCode, String), String> {
+        let mut request = Request::builder().method(method).uri(url).header(CONTENT_TYPE, "application/json");
+        if let Some(trace) = trace {
+            request = request.header(TRACEPARENT, trace.traceparent());
+            if let Some(tracestate) = trace.tracestate() {
+                request = request.header(TRACESTATE, tracestate);
+            }
+        }
+        let request = request.body(Full::new(body)).map_err(|e| format!("invalid request to {url}: {e}"))?;
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| error_chain(url, &e))?;
             let status = response.status();

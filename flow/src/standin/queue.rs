@@ -8,12 +8,16 @@
 //! failure that makes `max_attempts` is the last: the message is
 //! dead-lettered with that failure's error. Every published message ends
 //! exactly once, acknowledged or dead-lettered; until then it is pending.
+//! A message keeps the trace context it was published with, so each of its
+//! deliveries carries the same one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
+
+use super::trace::TraceContext;
 
 /// When a queue redelivers, and when it gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +48,7 @@ pub struct MessageId(u64);
 pub struct Delivery {
     pub id: MessageId,
     pub body: Bytes,
+    pub trace: TraceContext,
 }
 
 /// What acknowledging a delivery settled.
@@ -84,6 +89,7 @@ pub struct Counts {
 struct Message {
     id: MessageId,
     body: Bytes,
+    trace: TraceContext,
     failures: u32,
     published: Instant,
 }
@@ -118,11 +124,11 @@ impl Queue {
         }
     }
 
-    /// Puts `body` at the end of the queue.
-    pub fn publish(&mut self, body: Bytes, now: Instant) -> MessageId {
+    /// Puts `body` at the end of the queue; each of its deliveries carries `trace`.
+    pub fn publish(&mut self, body: Bytes, trace: TraceContext, now: Instant) -> MessageId {
         let id = MessageId(self.next_id);
         self.next_id += 1;
-        self.ready.push_back(Message { id, body, failures: 0, published: now });
+        self.ready.push_back(Message { id, body, trace, failures: 0, published: now });
         id
     }
 
@@ -135,7 +141,7 @@ impl Queue {
             self.ready.push_back(entry.remove());
         }
         let message = self.ready.pop_front()?;
-        let delivery = Delivery { id: message.id, body: message.body.clone() };
+        let delivery = Delivery { id: message.id, body: message.body.clone(), trace: message.trace.clone() };
         self.out.insert(message.id, message);
         Some(delivery)
     }
@@ -212,7 +218,7 @@ mod tests {
     fn each_redelivery_of_a_message_waits_twice_as_long_up_to_the_cap() {
         let t0 = Instant::now();
         let mut queue = Queue::new("q", retry(10));
-        queue.publish(body("m"), t0);
+        queue.publish(body("m"), TraceContext::start(), t0);
         let mut now = t0;
         let mut waits = Vec::new();
         for attempt in 1..=6 {
@@ -230,7 +236,7 @@ mod tests {
     fn a_failed_message_is_redelivered_once_its_backoff_has_passed_and_not_before() {
         let t0 = Instant::now();
         let mut queue = Queue::new("q", retry(10));
-        let id = queue.publish(body("order 1"), t0);
+        let id = queue.publish(body("order 1"), TraceContext::start(), t0);
         assert_eq!(queue.take(t0).map(|d| d.id), Some(id));
         assert!(queue.take(t0).is_none(), "out for delivery: not handed out twice");
         assert_eq!(queue.fail(id, "503".into(), t0), Some(Failed::Redelivery { due: t0 + 100 * MS }));
@@ -243,13 +249,36 @@ mod tests {
     }
 
     #[test]
+    fn every_delivery_of_a_message_carries_the_trace_context_it_was_published_with() {
+        let t0 = Instant::now();
+        let mut queue = Queue::new("q", retry(10));
+        let (first, second) = (TraceContext::start(), TraceContext::start());
+        let a = queue.publish(body("a"), first.clone(), t0);
+        let b = queue.publish(body("b"), second.clone(), t0);
+        let mut now = t0;
+        let mut seen = Vec::new();
+        while seen.len() < 6 {
+            let Some(delivery) = queue.take(now) else {
+                now = queue.next_due().expect("none out, so one waits for its redelivery");
+                continue;
+            };
+            assert!(matches!(queue.fail(delivery.id, "503".into(), now), Some(Failed::Redelivery { .. })));
+            seen.push((delivery.id, delivery.trace));
+        }
+        for (id, trace) in &seen {
+            assert_eq!(trace, if *id == a { &first } else { &second }, "{id:?}");
+        }
+        assert_eq!(seen.iter().filter(|(id, _)| *id == b).count(), 3, "each delivered three times");
+    }
+
+    #[test]
     fn a_redelivery_goes_behind_the_messages_already_due() {
         let t0 = Instant::now();
         let mut queue = Queue::new("q", retry(10));
-        let a = queue.publish(body("a"), t0);
+        let a = queue.publish(body("a"), TraceContext::start(), t0);
         let first = queue.take(t0).unwrap();
         queue.fail(first.id, "503".into(), t0);
-        let b = queue.publish(body("b"), t0 + 50 * MS);
+        let b = queue.publish(body("b"), TraceContext::start(), t0 + 50 * MS);
         let later = t0 + 200 * MS;
         assert_eq!(queue.take(later).map(|d| d.id), Some(b));
         assert_eq!(queue.take(later).map(|d| d.id), Some(a));
@@ -259,7 +288,7 @@ mod tests {
     fn a_message_is_dead_lettered_after_exactly_max_attempts_with_the_last_error() {
         let t0 = Instant::now();
         let mut queue = Queue::new("q-order-ingress", retry(3));
-        queue.publish(body("poison"), t0);
+        queue.publish(body("poison"), TraceContext::start(), t0);
         let mut now = t0;
         for attempt in 1..=2 {
             let delivery = queue.take(now).unwrap();
@@ -284,7 +313,7 @@ mod tests {
     fn one_attempt_means_the_first_failure_dead_letters() {
         let t0 = Instant::now();
         let mut queue = Queue::new("q", retry(1));
-        queue.publish(body("m"), t0);
+        queue.publish(body("m"), TraceContext::start(), t0);
         let delivery = queue.take(t0).unwrap();
         assert!(matches!(queue.fail(delivery.id, "e".into(), t0), Some(Failed::DeadLettered(_))));
     }
@@ -293,7 +322,7 @@ mod tests {
     fn an_acknowledged_message_is_never_redelivered_nor_settled_twice() {
         let t0 = Instant::now();
         let mut queue = Queue::new("q", retry(10));
-        let id = queue.publish(body("m"), t0);
+        let id = queue.publish(body("m"), TraceContext::start(), t0);
         let first = queue.take(t0).unwrap();
         queue.fail(first.id, "503".into(), t0 + 5 * MS);
         let second = queue.take(t0 + 105 * MS).unwrap();
@@ -318,7 +347,7 @@ mod tests {
     fn a_message_never_handed_out_cannot_be_settled() {
         let t0 = Instant::now();
         let mut queue = Queue::new("q", retry(10));
-        let id = queue.publish(body("m"), t0);
+        let id = queue.publish(body("m"), TraceContext::start(), t0);
         assert_eq!(queue.acknowledge(id, t0), None);
         assert_eq!(queue.fail(id, "e".into(), t0), None);
         assert_eq!(queue.take(t0).map(|d| d.id), Some(id));
@@ -334,7 +363,7 @@ mod tests {
         let mut now = t0;
         let mut published = Vec::new();
         for i in 0..200u64 {
-            published.push(queue.publish(Bytes::from(i.to_string()), now));
+            published.push(queue.publish(Bytes::from(i.to_string()), TraceContext::start(), now));
             now += MS;
         }
         let (mut acknowledged, mut dead) = (BTreeSet::new(), BTreeSet::new());

@@ -18,6 +18,7 @@ use super::blobs::BlobStore;
 use super::options::StandInOptions;
 use super::queue::{Delivery, Failed, MessageId, Queue};
 use super::stats::Stats;
+use super::trace::TraceContext;
 use crate::bindings::{INGRESS, INPUTS};
 
 pub struct StandInState {
@@ -58,14 +59,23 @@ impl StandInState {
     }
 
     /// Puts `body` on `queue`; `order_id` is the body's `orderId`, if any.
-    pub fn publish(&self, queue: &str, body: Bytes, order_id: Option<u64>) -> Result<()> {
+    /// Its deliveries carry `trace`, or (`None`) the context of a new trace.
+    pub fn publish(
+        &self,
+        queue: &str,
+        body: Bytes,
+        order_id: Option<u64>,
+        trace: Option<TraceContext>,
+    ) -> Result<()> {
         let name = self.queue_name(queue).with_context(|| format!("the stand-in has no queue {queue}"))?;
         if self.options.sink && name != INGRESS.queue {
             self.stats.sunk(name);
             return Ok(());
         }
         self.stats.published(name, order_id);
-        self.queues().get_mut(name).context("every queue name has its queue")?.publish(body, Instant::now());
+        let trace = trace.unwrap_or_else(TraceContext::start);
+        let now = Instant::now();
+        self.queues().get_mut(name).context("every queue name has its queue")?.publish(body, trace, now);
         self.wakers[name].notify_one();
         Ok(())
     }
