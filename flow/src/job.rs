@@ -142,7 +142,13 @@ impl<'a> Flow<'a> {
     /// Starts `role`'s container (again) and waits until it listens.
     pub fn start_app(&mut self, role: Role) -> Result<()> {
         let app = self.apps.get_mut(&role).context("every role has an app")?;
-        let run = self.flavor.run(&app.id, app.port, &self.standin.url());
+        // Each app's spans are named by its role (the shim reads this; the
+        // native app ignores it).
+        let mut run =
+            self.flavor.run(&app.id, app.port, &self.standin.url()).env("OTEL_SERVICE_NAME", role.name());
+        for (name, value) in &self.options.app_env {
+            run = run.env(name, value);
+        }
         let mut container =
             self.node.containerd().run(run).with_context(|| format!("start {}", role.name()))?;
         container.wait_listening(app.port).with_context(|| format!("start {}", role.name()))?;

@@ -98,6 +98,18 @@ struct FlowArgs {
     /// Do not draw the progress bar (it is drawn only when stderr is a terminal).
     #[arg(long)]
     no_progress: bool,
+    /// More environment for every app container, NAME=VALUE (repeatable):
+    /// for example OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 to send
+    /// each order's trace to a local collector.
+    #[arg(long = "app-env", value_name = "NAME=VALUE", value_parser = name_value)]
+    app_env: Vec<(String, String)>,
+}
+
+fn name_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
 }
 
 impl FlowArgs {
@@ -116,6 +128,7 @@ impl FlowArgs {
             },
             timeout: Duration::from_secs(self.timeout_secs),
             progress: !self.no_progress,
+            app_env: self.app_env.clone(),
         }
     }
 }

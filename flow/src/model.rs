@@ -95,4 +95,7 @@ pub struct FlowOptions {
     pub timeout: Duration,
     /// Draw a progress bar on stderr (only ever on a terminal).
     pub progress: bool,
+    /// More environment for every app container, `(name, value)`: for
+    /// example `OTEL_EXPORTER_OTLP_ENDPOINT` to see each order's trace.
+    pub app_env: Vec<(String, String)>,
 }

@@ -416,6 +416,7 @@ mod tests {
             standin: crate::standin::StandInOptions::default(),
             timeout: Duration::from_secs(1),
             progress: false,
+            app_env: Vec::new(),
         };
         let verification = Verification { delivered: 4, ..Verification::default() };
         let run = |timed_out| FlowRun {

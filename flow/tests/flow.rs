@@ -12,6 +12,10 @@ use flow::report::Report;
 use flow::standin::StandInOptions;
 use testbed::Paths;
 
+use support::otlp_receiver::{OtlpReceiver, ReceivedSpan};
+
+mod support;
+
 fn options(orders: u32) -> FlowOptions {
     FlowOptions {
         orders,
@@ -20,6 +24,7 @@ fn options(orders: u32) -> FlowOptions {
         standin: StandInOptions::default(),
         timeout: Duration::from_secs(300),
         progress: false,
+        app_env: Vec::new(),
     }
 }
 
@@ -121,5 +126,71 @@ fn a_blob_storage_outage_is_answered_5xx_and_redelivered_not_lost() -> Result<()
     let receivers: u64 = report.hops[1..].iter().map(|hop| hop.redeliveries).sum();
     assert_eq!(receivers, 40, "{text}");
     assert_eq!(report.hops[0].redeliveries, 0, "{text}");
+    Ok(())
+}
+
+#[test]
+fn each_order_is_one_trace_from_the_ingress_delivery_to_the_blob_write() -> Result<()> {
+    const ORDERS: u32 = 6;
+    let collector = OtlpReceiver::start()?;
+    let node = Node::start(&Paths::from_env()?)?;
+    let mut options = options(ORDERS);
+    options.app_env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT".into(), collector.url())];
+    let report = job::run_on(&node, Flavor::Wasm, options)?;
+    assert_exactly_once(&report);
+    assert_eq!(report.redeliveries, 0, "{}", report.render());
+    // The apps have exited: every span was sent. Per order: the
+    // distributor's server and client spans, a receiver's server and client;
+    // and one per app for the stand-in's probe.
+    let spans = testbed::poll::until("every order's spans", Duration::from_secs(15), || {
+        let spans = collector.spans();
+        (spans.len() >= 4 * ORDERS as usize + 3).then_some(spans)
+    })?;
+    // The stand-in probes each input route with OPTIONS before its first
+    // delivery, as Dapr does: one trace of one span per app.
+    let (probes, spans): (Vec<&ReceivedSpan>, Vec<&ReceivedSpan>) =
+        spans.iter().partition(|s| s.name.starts_with("OPTIONS "));
+    assert_eq!(probes.len(), 3, "{probes:#?}");
+    let mut traces: std::collections::BTreeMap<&str, Vec<&ReceivedSpan>> = Default::default();
+    for span in spans.iter().copied() {
+        traces.entry(span.trace_id.as_str()).or_default().push(span);
+    }
+    assert_eq!(traces.len(), ORDERS as usize, "one trace per order: {spans:#?}");
+    let (server, client) = (2, 3);
+    for (trace, spans) in &traces {
+        let find = |service: &str, kind: i32| {
+            let found: Vec<&&ReceivedSpan> =
+                spans.iter().filter(|s| s.service.starts_with(service) && s.kind == kind).collect();
+            assert_eq!(found.len(), 1, "trace {trace}: one kind-{kind} span of {service}: {spans:#?}");
+            *found[0]
+        };
+        let distributor_in = find("distributor", server);
+        let distributor_out = find("distributor", client);
+        let receiver_in = find("receiver-", server);
+        let receiver_out = find("receiver-", client);
+        assert_eq!(spans.len(), 4, "trace {trace}: {spans:#?}");
+        // The ingress delivery's context comes from the stand-in (which
+        // exports no span of its own): the distributor continues it.
+        assert!(!distributor_in.parent_span_id.is_empty(), "{distributor_in:#?}");
+        assert!(spans.iter().all(|s| s.span_id != distributor_in.parent_span_id));
+        assert_eq!(distributor_in.name, "POST /q-order-ingress");
+        assert_eq!(distributor_out.parent_span_id, distributor_in.span_id);
+        assert!(distributor_out.attribute("url.full").is_some_and(|u| u.contains("/v1.0/bindings/q-order-")));
+        // Through the queue: the stand-in carried the binding call's context
+        // to the delivery, as Dapr does.
+        assert_eq!(receiver_in.parent_span_id, distributor_out.span_id);
+        assert_eq!(receiver_in.service, receiver_out.service);
+        assert_eq!(receiver_out.parent_span_id, receiver_in.span_id);
+        assert!(receiver_out.attribute("url.full").is_some_and(|u| u.ends_with("-outbox")));
+        assert_eq!(receiver_in.attribute("http.response.status_code"), Some("200"));
+    }
+    let (trace, spans) = traces.iter().next().expect("six traces");
+    eprintln!("one order's trace, {trace}:");
+    for span in spans {
+        eprintln!(
+            "  {:<17} {:<28} span {} parent {} kind {}",
+            span.service, span.name, span.span_id, span.parent_span_id, span.kind
+        );
+    }
     Ok(())
 }

@@ -235,9 +235,18 @@ fn read_otel(traces: &mut TraceSettings, key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// The exporter speaks plain HTTP only: a container's root filesystem has
+/// no CA certificates to check a collector's TLS with, and a collector in
+/// the cluster (or on the node) is reached over plain HTTP anyway.
 fn url<'a>(key: &str, value: &'a str) -> Result<&'a str> {
-    if !(value.starts_with("http://") || value.starts_with("https://")) || value.len() <= "https://".len() {
-        bail!("{key}={value:?} must be an http:// or https:// URL such as http://otel-collector:4318");
+    if value.starts_with("https://") {
+        bail!(
+            "{key}={value:?}: spans are exported over plain http:// only; point it at a collector in the \
+             cluster, such as http://otel-collector.observability:4318"
+        );
+    }
+    if !value.starts_with("http://") || value.len() <= "http://".len() {
+        bail!("{key}={value:?} must be an http:// URL such as http://otel-collector:4318");
     }
     Ok(value)
 }
@@ -323,6 +332,7 @@ mod tests {
             ),
             ("OTEL_EXPORTER_OTLP_ENDPOINT=collector:4318", "OTEL_EXPORTER_OTLP_ENDPOINT"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL=grpc", "with protobuf only"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=https://c:4318/v1/traces", "plain http:// only"),
         ] {
             let err = format!("{:#}", Settings::from_env(&env(&[entry])).unwrap_err());
             assert!(err.contains(needle), "{entry}: {err}");

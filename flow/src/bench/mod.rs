@@ -3,7 +3,8 @@
 //! side in one run on this machine. It prints figures and asserts nothing.
 //!
 //! Rows, in this order: HTTP throughput and latency with `wrk` (`http`;
-//! running and reading wrk: `wrk`), cold starts (`cold_start`), density,
+//! running and reading wrk: `wrk`; the Wasm app also with metrics and
+//! span export on, to an OTLP sink: `otlp_sink`), cold starts (`cold_start`), density,
 //! the PSS of N running instances (`density`), sizes (`sizes`), and the
 //! full order flow (`full_flow`). Medians over repeats; ratios are Wasm /
 //! native (`table`). What every row needs to start apps is in `apps`; this
@@ -15,6 +16,7 @@ mod density;
 mod full_flow;
 mod http;
 mod options;
+mod otlp_sink;
 mod sizes;
 mod table;
 mod wrk;

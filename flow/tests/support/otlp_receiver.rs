@@ -1,4 +1,5 @@
-//! A local OTLP/HTTP receiver: accepts `POST /v1/traces` (protobuf), decodes
+//! A local OTLP/HTTP receiver (a stand-in for an OpenTelemetry collector):
+//! accepts `POST /v1/traces` (protobuf), decodes
 //! each export with the OpenTelemetry protocol's own message types, and
 //! keeps every span with the `service.name` of the process that sent it.
 

@@ -1,0 +1,3 @@
+//! Helpers of the flow's tests.
+
+pub mod otlp_receiver;
