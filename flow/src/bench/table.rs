@@ -53,10 +53,10 @@ impl Table {
 
     pub fn render(&self) -> String {
         let mut out = format!("machine: {}\ncommand: {}\n\n", self.machine, self.command);
-        out.push_str(&format!("{:<50} {:>12} {:>12} {:>12}  unit\n", "row", "wasm", "native", "wasm/native"));
+        out.push_str(&format!("{:<56} {:>12} {:>12} {:>12}  unit\n", "row", "wasm", "native", "wasm/native"));
         for row in &self.rows {
             out.push_str(&format!(
-                "{:<50} {:>12} {:>12} {:>12.2}  {}\n",
+                "{:<56} {:>12} {:>12} {:>12.2}  {}\n",
                 row.name,
                 figure(row.wasm),
                 figure(row.native),
@@ -140,8 +140,8 @@ mod tests {
             notes: vec!["HTTP: wrk".into()],
         };
         let expected = format!(
-            "machine: 2 cores\ncommand: order-flow bench\n\n{:<50} {:>12} {:>12} {:>12}  unit\n\
-             {:<50} {:>12} {:>12} {:>12}  req/s\nnote: HTTP: wrk\n",
+            "machine: 2 cores\ncommand: order-flow bench\n\n{:<56} {:>12} {:>12} {:>12}  unit\n\
+             {:<56} {:>12} {:>12} {:>12}  req/s\nnote: HTTP: wrk\n",
             "row", "wasm", "native", "wasm/native", "GET /healthz, requests/s", "20336", "1.50", "13557.60"
         );
         assert_eq!(table.render(), expected);
