@@ -2,7 +2,8 @@
 //! tests: a private containerd (its own config, root, state and socket in a
 //! temp dir), optionally on a fake node root that gets the shim from the
 //! node installer; the project's image archives imported into it; and
-//! containers run with its `ctr`, as a user at a terminal would.
+//! containers run with its `ctr`, as a user at a terminal would; and a
+//! small HTTP server for the stand-ins next to them.
 //!
 //! Every path (binaries, images, containerd versions) is found at run time
 //! ([`paths`]), never from where the crate was compiled, so a program built
@@ -14,12 +15,14 @@ pub mod node;
 pub mod paths;
 pub mod poll;
 pub mod run;
+pub mod serve;
 pub mod tool;
 
 pub use containerd::{Containerd, RUNC, RUNTIME};
 pub use node::{FakeNode, InstalledNode};
 pub use paths::{Paths, Version};
 pub use run::{Container, Run};
+pub use serve::serve_http;
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> std::io::Result<u16> {

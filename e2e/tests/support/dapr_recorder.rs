@@ -3,7 +3,6 @@
 //! `GET /v1.0/metadata` with a fixed document. It serves HTTP/1.1 with
 //! hyper, keep-alive and any body framing, as daprd does.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,10 +11,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 
 /// What the recorder answers `GET /v1.0/metadata` with.
 pub const METADATA: &str = r#"{"id":"dapr-recorder","components":[]}"#;
@@ -61,24 +57,11 @@ impl DaprRecorder {
             .enable_all()
             .build()
             .context("start the recorder's runtime")?;
-        // Bound here, not in the runtime: a test may call this from its own
-        // async runtime, where blocking on another one is not allowed.
-        let listener = std::net::TcpListener::bind((ip, 0))
-            .with_context(|| format!("bind the Dapr recorder on {ip}"))?;
-        listener.set_nonblocking(true)?;
-        let address = listener.local_addr()?;
         let shared = Arc::new(Shared { status: AtomicU16::new(200), ..Shared::default() });
         let serving = shared.clone();
-        runtime.spawn(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-            while let Ok((stream, _)) = listener.accept().await {
-                let shared = serving.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| answer(shared.clone(), request));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-                });
-            }
-        });
+        let address = testbed::serve_http(&runtime, ip, "Dapr recorder", move |request| {
+            answer(serving.clone(), request)
+        })?;
         Ok(DaprRecorder { address, shared, runtime: Some(runtime) })
     }
 
@@ -115,10 +98,7 @@ impl Drop for DaprRecorder {
     }
 }
 
-async fn answer(
-    shared: Arc<Shared>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -139,5 +119,5 @@ async fn answer(
     response
         .headers_mut()
         .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
-    Ok(response)
+    response
 }

@@ -3,7 +3,6 @@
 //! each export with the OpenTelemetry protocol's own message types, and
 //! keeps every span with the `service.name` of the process that sent it.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -11,10 +10,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
@@ -52,21 +48,11 @@ impl OtlpReceiver {
             .enable_all()
             .build()
             .context("start the OTLP receiver's runtime")?;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the OTLP receiver")?;
-        listener.set_nonblocking(true)?;
-        let address = listener.local_addr()?;
         let spans = Arc::new(Mutex::new(Vec::new()));
         let kept = spans.clone();
-        runtime.spawn(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-            while let Ok((stream, _)) = listener.accept().await {
-                let kept = kept.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| receive(kept.clone(), request));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-                });
-            }
-        });
+        let address = testbed::serve_http(&runtime, "127.0.0.1", "OTLP receiver", move |request| {
+            receive(kept.clone(), request)
+        })?;
         Ok(OtlpReceiver { address, spans, _runtime: runtime })
     }
 
@@ -80,10 +66,7 @@ impl OtlpReceiver {
     }
 }
 
-async fn receive(
-    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn receive(spans: Arc<Mutex<Vec<ReceivedSpan>>>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_string();
     let body = request.into_body().collect().await.map(|b| b.to_bytes());
     let decoded = body.ok().and_then(|bytes| ExportTraceServiceRequest::decode(bytes).ok());
@@ -100,7 +83,7 @@ async fn receive(
     response
         .headers_mut()
         .insert("content-type", hyper::header::HeaderValue::from_static("application/x-protobuf"));
-    Ok(response)
+    response
 }
 
 fn flatten(export: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
