@@ -99,6 +99,43 @@ fn app_serves_the_order_contract_on_containerd_1_6() -> Result<()> {
 }
 
 #[test]
+fn serve_mode_answers_the_order_contract_without_containerd() -> Result<()> {
+    let paths = testbed::Paths::from_env()?;
+    let dapr = DaprRecorder::start()?;
+    let port = free_port()?;
+    let mut shim = std::process::Command::new(paths.shim()?)
+        .arg("serve")
+        .arg(paths.image("app.wasm")?)
+        .env_clear()
+        .env("WASMTIME_CUSTOM_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DAPR_URL", dapr.url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    testbed::poll::until("serve to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })?;
+    let health = http::get(port, "/healthz")?;
+    assert_eq!((health.status, health.body.as_str()), (200, "Healthy"));
+    let sent = http::post(port, "/q-order-ingress", EXPRESS)?;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let expected = format!(r#"{{"data":{EXPRESS_OUT},"operation":"create"}}"#);
+    assert_eq!(dapr.take_calls(), [Call::post("/v1.0/bindings/q-order-express-out", expected)]);
+    // Stopped like a container: SIGTERM drains and exits 0.
+    std::process::Command::new("kill").arg("-TERM").arg(shim.id().to_string()).status()?;
+    let status = testbed::poll::until_ok("serve to exit", Duration::from_secs(30), || Ok(shim.try_wait()?))?;
+    assert_eq!(status.code(), Some(0));
+    // A file that cannot be read is refused with the reason, as a broken image is.
+    let refused = std::process::Command::new(paths.shim()?)
+        .args(["serve", "/nonexistent.wasm"])
+        .env_clear()
+        .output()?;
+    assert_eq!(refused.status.code(), Some(126));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("could not read /nonexistent.wasm"));
+    Ok(())
+}
+
+#[test]
 fn sigterm_lets_the_in_flight_request_finish_then_exits_0() -> Result<()> {
     let containerd = Containerd::start(Version::V1_6)?;
     containerd.import("test-http.tar", &[])?;

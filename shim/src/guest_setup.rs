@@ -3,6 +3,8 @@
 //! filesystem as `/`. Built once per container; every store (one per HTTP
 //! request, one per command run) gets its WASI context from it.
 
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use containerd_shim_wasm::sandbox::context::RuntimeContext;
 use wasmtime_wasi::filesystem::WasiFilesystemCtx;
@@ -28,13 +30,16 @@ impl GuestSetup {
             .filter_map(|entry| entry.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        GuestSetup::new(ctx.args().to_vec(), env)
+        GuestSetup::new(ctx.args().to_vec(), env, Some(Path::new("/")))
     }
 
-    /// Opens the container's root folder for the guest.
-    pub fn new(args: Vec<String>, env: Vec<(String, String)>) -> Result<GuestSetup> {
+    /// Opens `root` (in a container: its root folder) as the guest's `/`;
+    /// with none, the guest has no files.
+    pub fn new(args: Vec<String>, env: Vec<(String, String)>, root: Option<&Path>) -> Result<GuestSetup> {
         let mut builder = WasiCtx::builder();
-        with_root(&mut builder)?;
+        if let Some(root) = root {
+            with_root(&mut builder, root)?;
+        }
         let root = builder.build().filesystem().clone();
         Ok(GuestSetup { args, env, root })
     }
@@ -55,15 +60,15 @@ impl GuestSetup {
     pub fn p1_context(&self) -> Result<WasiP1Ctx> {
         let mut builder = WasiCtx::builder();
         builder.args(&self.args).envs(&self.env).inherit_stdio();
-        with_root(&mut builder)?;
+        with_root(&mut builder, Path::new("/"))?;
         Ok(builder.build_p1())
     }
 }
 
-fn with_root(builder: &mut WasiCtxBuilder) -> Result<()> {
+fn with_root(builder: &mut WasiCtxBuilder, root: &Path) -> Result<()> {
     builder
-        .preopened_dir("/", "/", FsPerms::ReadWrite)
+        .preopened_dir(root, "/", FsPerms::ReadWrite)
         .map_err(anyhow::Error::from)
-        .context("could not give the guest the container's root filesystem")?;
+        .with_context(|| format!("could not give the guest {} as its root filesystem", root.display()))?;
     Ok(())
 }

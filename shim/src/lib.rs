@@ -21,11 +21,13 @@ mod sandbox;
 mod serve;
 mod settings;
 mod signals;
+mod standalone;
 mod store_state;
 mod traces;
 
 pub use compiler::Precompiler;
 pub use sandbox::WasmtimeSandbox;
+pub use standalone::main as serve_main;
 
 /// The shim: runtime `io.containerd.wasmtime-custom.v1`.
 pub struct WasmtimeCustom;

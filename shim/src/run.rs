@@ -205,7 +205,7 @@ mod tests {
     async fn stop_module(engine: &Engine, name: &str, then: &str, signal: &str) -> (i32, Duration) {
         let ready = Ready(std::env::temp_dir().join(format!("wtc-run-{}-{name}", std::process::id())));
         let wasm = Module::new(engine, wat::parse_str(module_wat(&ready.0, then)).unwrap()).unwrap();
-        let setup = GuestSetup::new(vec![name.into()], Vec::new()).unwrap();
+        let setup = GuestSetup::new(vec![name.into()], Vec::new(), None).unwrap();
         let signals = Signals::watch().unwrap();
         let settings = Settings::default();
         let run = module(engine, &wasm, &setup, "the test module", "_start", &settings, signals);

@@ -62,6 +62,10 @@ fn images(root: &Path, out: &Path) -> Result<()> {
         std::fs::read(&path).with_context(|| format!("could not read {}", path.display()))
     };
     let app = read("app.wasm")?;
+    std::fs::create_dir_all(out).with_context(|| format!("could not create {}", out.display()))?;
+    // The component on its own too, for `containerd-shim-wasmtime-custom-v1 serve`.
+    let component = out.join("app.wasm");
+    std::fs::write(&component, &app).with_context(|| format!("could not write {}", component.display()))?;
     let test_http = read("test_guests.wasm")?;
     let test_command = read("guest-command.wasm")?;
     let truncated = app[..app.len() / 2].to_vec();
