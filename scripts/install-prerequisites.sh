@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Installs what building and testing wasmtime-custom needs, idempotently:
-# Debian packages, the wasm32-wasip2 Rust target, private copies of
-# containerd 1.7 and 2.1 (unpacked from Debian trixie and sid into target/,
-# never installed), and kubernetes-validate from PyPI.
+# Debian packages (with arm64 multiarch for cross builds), the wasm32-wasip2
+# and aarch64 Rust targets, private copies of containerd 1.7 and 2.1, arm64
+# busybox and qemu-user (unpacked from Debian into target/, never
+# installed), and kubernetes-validate from PyPI.
 #
 # Usage: scripts/install-prerequisites.sh
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-packages=(containerd runc protobuf-compiler libseccomp-dev pkg-config curl wrk hyperfine busybox-static containernetworking-plugins)
+packages=(containerd runc protobuf-compiler libseccomp-dev pkg-config curl wrk hyperfine busybox-static containernetworking-plugins
+  # A real OCI registry on loopback and the tool that pushes to it.
+  docker-registry skopeo
+  # Cross builds for arm64 nodes: the C toolchain and libseccomp for aarch64.
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross libseccomp-dev:arm64)
+
+# libseccomp-dev:arm64 comes from Debian's multiarch archive.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  dpkg --add-architecture arm64
+  apt-get update -qq
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -20,9 +31,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-  rustup target add wasm32-wasip2
-fi
+for target in wasm32-wasip2 aarch64-unknown-linux-gnu; do
+  rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+done
 # CI checks the formatting and the lints.
 for component in rustfmt clippy; do
   rustup component list --installed | grep -q "^$component" || rustup component add "$component"
@@ -32,6 +43,15 @@ done
 # and 2.1 (config version 3), for the installer's and the shim's tests.
 "$root/scripts/fetch-containerd.sh" trixie >/dev/null
 "$root/scripts/fetch-containerd.sh" sid >/dev/null
+
+# For arm64 nodes: busybox for the installer's arm64 image (unpacked, never
+# installed: it would replace this machine's busybox), and trixie's
+# qemu-user 10 to run arm64 binaries here (Debian 12's qemu 7.2 cannot run
+# the shim: it lacks PR_SET_CHILD_SUBREAPER and runs out of memory on the
+# engine's address-space reservation).
+codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+"$root/scripts/fetch-deb.sh" "$codename" busybox-static:arm64 busybox-arm64 >/dev/null
+"$root/scripts/fetch-deb.sh" trixie qemu-user qemu-trixie >/dev/null
 
 # Offline validation of the Kubernetes manifests against the API schemas.
 if ! command -v kubernetes-validate >/dev/null; then

@@ -31,20 +31,40 @@ fn scrape(port: u16) -> Result<prometheus_parse::Scrape> {
     prometheus_parse::Scrape::parse(lines).context("parse the scrape")
 }
 
-/// The value of sample `name` with `labels` (0 when there is none yet:
-/// a labelled counter appears at its first increment).
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
+/// The value of sample `name` with `labels`; a missing sample fails,
+/// except for a labelled counter that has not counted yet (`absent_is_zero`:
+/// such a series appears at its first increment).
+fn value(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+    absent_is_zero: bool,
+) -> f64 {
+    let found = scrape
         .samples
         .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map_or(0.0, |s| match &s.value {
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)));
+    match found {
+        None if absent_is_zero => 0.0,
+        None => panic!("no sample {name}{labels:?} in the scrape:\n{scrape:#?}"),
+        Some(s) => match &s.value {
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)
             | prometheus_parse::Value::Untyped(v) => *v,
             prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
             prometheus_parse::Value::Summary(_) => f64::NAN,
-        })
+        },
+    }
+}
+
+/// A sample that must be in the scrape.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    value(scrape, name, labels, false)
+}
+
+/// A labelled counter: 0 until its first increment.
+fn counted(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    value(scrape, name, labels, true)
 }
 
 #[test]
@@ -62,7 +82,7 @@ fn metrics_under_load_agree_with_what_was_sent() -> Result<()> {
     )?;
     guest.wait_listening(port)?;
     let at_start = scrape(metrics_port)?;
-    assert_eq!(sample(&at_start, "wasmtime_custom_requests_total", &[("class", "2xx")]), 0.0);
+    assert_eq!(counted(&at_start, "wasmtime_custom_requests_total", &[("class", "2xx")]), 0.0);
     assert_eq!(sample(&at_start, "wasmtime_custom_draining", &[]), 0.0);
 
     // 4 clients x 100 requests, scraped while they run.
@@ -82,7 +102,7 @@ fn metrics_under_load_agree_with_what_was_sent() -> Result<()> {
         let mut last = 0.0;
         let mut scrapes = 0;
         while !load_done.load(Ordering::SeqCst) {
-            let seen = sample(&scrape(metrics_port)?, "wasmtime_custom_requests_total", &[("class", "2xx")]);
+            let seen = counted(&scrape(metrics_port)?, "wasmtime_custom_requests_total", &[("class", "2xx")]);
             assert!(seen >= last, "a counter went down: {last} -> {seen}");
             last = seen;
             scrapes += 1;
@@ -164,6 +184,7 @@ fn guard_rails_answer_before_any_instance_is_made() -> Result<()> {
         Ok(sample(&scrape(metrics_port)?, "wasmtime_custom_instantiation_seconds_count", &[]))
     };
     let made = instances()?;
+    assert_eq!(made, 2.0, "the two slow requests' instances");
     let asked = Instant::now();
     let shed = http::get(port, "/")?;
     let waited = asked.elapsed();
@@ -355,10 +376,11 @@ fn a_drain_under_load_fails_no_request_of_a_connection_made_before_it() -> Resul
     let containerd = Containerd::start(Version::V1_6)?;
     containerd.import("test-http.tar", &[])?;
     for delay in [0, 2] {
-        let port = free_port()?;
+        let (port, metrics_port) = (free_port()?, free_port()?);
         let mut guest = containerd.run(
             Run::new(TEST_HTTP, &format!("drain-{delay}"))
                 .listen(port)
+                .env("WASMTIME_CUSTOM_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
                 .env("WASMTIME_CUSTOM_SHUTDOWN_DELAY_SECONDS", delay),
         )?;
         guest.wait_listening(port)?;
@@ -382,6 +404,11 @@ fn a_drain_under_load_fails_no_request_of_a_connection_made_before_it() -> Resul
                     .await;
                 let answer = new_connection_answer(port).await?;
                 assert_eq!(answer, (200, Some("close".to_string())));
+                let draining = tokio::task::spawn_blocking(move || {
+                    scrape(metrics_port).map(|s| sample(&s, "wasmtime_custom_draining", &[]))
+                })
+                .await??;
+                assert_eq!(draining, 1.0, "the metrics say the pod is draining");
             }
             Ok::<_, anyhow::Error>(signalled)
         })?;

@@ -58,11 +58,18 @@ impl WasiHttpHooks for GuestCalls {
         if !self.policy.allows(request.uri()) {
             self.count("denied");
             let tag = self.request.as_ref().map(|r| format!("[req={}] ", r.id)).unwrap_or_default();
+            // Without the query, which may carry secrets.
+            let uri = request.uri();
+            let target = format!(
+                "{}://{}{}",
+                uri.scheme_str().unwrap_or("?"),
+                uri.authority().map_or("?", |a| a.as_str()),
+                uri.path()
+            );
             output::message(
                 Level::Warn,
                 format!(
-                    "{tag}wasmtime-custom: outgoing request to {} denied: not in {}",
-                    request.uri(),
+                    "{tag}wasmtime-custom: outgoing request to {target} denied: not in {}",
                     crate::settings::ALLOWED_OUTBOUND_HOSTS
                 ),
             );

@@ -74,8 +74,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("wasmtime_custom");
         let metrics = Metrics {
             requests: Family::default(),
-            // 0.5 ms to about 16 s.
-            request_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            // 0.5 ms to about 65 s (past the default request timeout).
+            request_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             in_flight: Gauge::default(),
             // 10 us to about 160 ms.
             instantiation: Histogram::new(exponential_buckets(0.00001, 2.0, 15)),
@@ -200,11 +200,15 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new());
+    let mut warned: Option<std::time::Instant> = None;
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                output::message(Level::Warn, format!("wasmtime-custom: metrics accept failed: {e}"));
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    warned = Some(std::time::Instant::now());
+                    output::message(Level::Warn, format!("wasmtime-custom: metrics accept failed: {e}"));
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

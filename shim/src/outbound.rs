@@ -55,6 +55,11 @@ impl OutboundPolicy {
     /// Whether a request to `uri` may be sent.
     pub fn allows(&self, uri: &Uri) -> bool {
         let OutboundPolicy::Only(patterns) = self else { return true };
+        // User info is dialled by some senders as part of the host: never
+        // let it past a comparison of the host alone.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return false;
+        }
         let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else { return false };
         let scheme = scheme.to_ascii_lowercase();
         let host = host.to_ascii_lowercase();
@@ -78,6 +83,9 @@ impl Pattern {
             bail!("{entry:?}: a pattern names a destination, not a path; remove everything after the port");
         }
         // An IPv6 address keeps its brackets, as in a URI: [::1]:8080.
+        if !rest.starts_with('[') && rest.matches(':').count() > 1 {
+            bail!("{entry:?}: write an IPv6 address in brackets, as in a URL: http://[fe80::1]:8080");
+        }
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) if !port.contains(']') => (host, Some(port)),
             _ => (rest, None),
@@ -161,6 +169,7 @@ mod tests {
         assert!(allows("http://127.0.0.1:*, https://x.org", "http://127.0.0.1:9/"));
         assert!(allows("http://127.0.0.1:*, https://x.org", "https://x.org/"));
         assert!(allows("http://[::1]:8080", "http://[::1]:8080/"));
+        assert!(!allows("http://good:80", "http://good:80@evil:80/"));
     }
 
     #[test]
@@ -174,6 +183,7 @@ mod tests {
             ("http://ex*ample.com", "whole host"),
             ("*://x", "port must be given"),
             ("http://:80", "host is missing"),
+            ("http://fe80::1", "in brackets"),
         ] {
             let err = format!("{:#}", OutboundPolicy::parse(entry).unwrap_err());
             assert!(err.contains(needle), "{entry}: {err}");

@@ -137,7 +137,7 @@ pub async fn serve(
             ),
         }
     }
-    let graceful = acceptor.stop();
+    let graceful = acceptor.stop().await;
     let in_flight = server.in_flight.load(Ordering::SeqCst);
     output::message(
         Level::Info,
@@ -156,6 +156,7 @@ pub async fn serve(
         );
         EXIT_CUT_SHORT
     };
+    let drained_by = Instant::now() + settings.grace;
     let drain = async {
         // Connections in use get their next answer with `Connection: close`
         // and end by themselves; the rest are closed after the linger.
@@ -164,17 +165,25 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         graceful.shutdown().await;
+        // A guest may still run after its response went out (streaming, or
+        // work after `finish`): every instance gives its slot back at its end.
+        let all = u32::try_from(settings.max_concurrent_requests).unwrap_or(u32::MAX);
+        let _ = server.slots.acquire_many(all).await;
     };
     let code = tokio::select! {
         () = drain => {
             output::message(Level::Info, "wasmtime-custom: all requests finished; exiting".into());
             0
         }
-        _ = tokio::time::sleep(settings.grace) => cut_short("grace period over"),
+        _ = tokio::time::sleep_until(drained_by.into()) => cut_short("grace period over"),
         second = signals.next() => cut_short(&format!("second signal ({})", second.name())),
     };
-    // Blocking (bounded by the export timeout): spans still queued are sent.
-    let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    // Spans still queued are sent within what is left of the grace period
+    // (at least a moment); a drain cut short sends none: it ends at once.
+    if code == 0 {
+        let left = drained_by.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown(left)).await;
+    }
     Ok(code)
 }
 
@@ -207,15 +216,12 @@ impl Acceptor {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _peer)) => {
-                    let server = self.server.clone();
-                    let service = service_fn(move |request| server.clone().handle(request));
-                    let connection =
-                        self.graceful.watch(self.http.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            log::debug!("connection ended with an error: {e}");
-                        }
-                    });
+                    self.serve(stream);
+                    // Re-armed whenever a descriptor is free, so the next
+                    // time the process runs out it can answer again.
+                    if self.spare.is_none() {
+                        self.spare = std::fs::File::open("/").ok();
+                    }
                 }
                 Err(e) if is_out_of_descriptors(&e) => {
                     self.shed_one(&e).await;
@@ -226,6 +232,17 @@ impl Acceptor {
                 }
             }
         }
+    }
+
+    fn serve(&self, stream: tokio::net::TcpStream) {
+        let server = self.server.clone();
+        let service = service_fn(move |request| server.clone().handle(request));
+        let connection = self.graceful.watch(self.http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                log::debug!("connection ended with an error: {e}");
+            }
+        });
     }
 
     /// Out of descriptors: answers one waiting connection 503 with the
@@ -257,8 +274,16 @@ impl Acceptor {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    /// Stops accepting; the connections stay, watched by the returned handle.
-    fn stop(self) -> GracefulShutdown {
+    /// Stops accepting; the connections stay, watched by the returned
+    /// handle. Connections the kernel has already completed are taken and
+    /// served first (with `Connection: close`, as draining answers are):
+    /// closing the listener over them would reset them.
+    async fn stop(self) -> GracefulShutdown {
+        while let Ok(Ok((stream, _))) =
+            tokio::time::timeout(Duration::from_millis(1), self.listener.accept()).await
+        {
+            self.serve(stream);
+        }
         self.graceful
     }
 }
@@ -279,10 +304,11 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
         body.len()
     );
     let mut head = [0u8; 4096];
+    // Reading the head first: closing a socket with unread input sends a
+    // reset, which can destroy the answer before the client reads it. A
+    // client that sends nothing for a second is answered all the same.
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut head)).await;
     let exchange = async {
-        // Reading the head first: closing a socket with unread input sends
-        // a reset, which can destroy the answer before the client reads it.
-        let _ = stream.read(&mut head).await;
         stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await?;
         while stream.read(&mut head).await? > 0 {}
@@ -494,14 +520,15 @@ impl Server {
         // after it has handed over the response head. The task holds the
         // slot for as long as the instance lives.
         let task = tokio::spawn(async move {
-            let _slot = permit;
+            let mut held = Held { store, _slot: permit };
+            let store = &mut held.store;
             let started = Instant::now();
             let proxy = pre
-                .instantiate_async(&mut store)
+                .instantiate_async(&mut *store)
                 .await
                 .map_err(|e| Failure::Unavailable(format!("{e:#}")))?;
             metrics.instantiation.observe(started.elapsed().as_secs_f64());
-            let call = proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out);
+            let call = proxy.wasi_http_incoming_handler().call_handle(&mut *store, request, out);
             match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(())) => Ok(()),
                 // The epoch deadline (see `new_store`) stops a guest that computes too long.
@@ -608,6 +635,14 @@ impl Body for BodyLimit {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// A request's instance and its concurrency slot. The fields drop in this
+/// order, also when the task is aborted: the pool slot is free before the
+/// next request is admitted.
+struct Held {
+    store: Store<StoreState>,
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Counts a request in flight for as long as it lives.

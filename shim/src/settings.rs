@@ -1,6 +1,7 @@
 //! The knobs a container sets through its environment, parsed and checked
 //! once, before anything starts (a bad value fails the start, not a request).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -54,13 +55,23 @@ pub struct Settings {
 }
 
 /// OpenTelemetry export, set with the standard variables of the container's
-/// environment (the shim's own environment is not the container's).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// environment (the shim's own environment is not the container's). An
+/// empty value counts as unset, as the specification says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceSettings {
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: the OTLP/HTTP traces URL as is.
     pub traces_endpoint: Option<String>,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the collector's base URL.
     pub base_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    traces_protocol: Option<String>,
+    protocol: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`
+    /// (`key=value,...`, for example a collector's token).
+    traces_headers: Option<HashMap<String, String>>,
+    base_headers: Option<HashMap<String, String>>,
+    /// `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
+    pub disabled: bool,
     /// `OTEL_SERVICE_NAME`, default `wasmtime-custom`.
     pub service_name: String,
 }
@@ -70,9 +81,35 @@ impl TraceSettings {
     /// `/v1/traces`, as the OpenTelemetry specification says. None: spans
     /// are not exported (trace context is still propagated).
     pub fn endpoint(&self) -> Option<String> {
+        if self.disabled {
+            return None;
+        }
         self.traces_endpoint.clone().or_else(|| {
             self.base_endpoint.as_ref().map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
         })
+    }
+
+    /// The headers sent with every export.
+    pub fn headers(&self) -> HashMap<String, String> {
+        self.traces_headers.clone().or_else(|| self.base_headers.clone()).unwrap_or_default()
+    }
+
+    /// Checks what is in effect (a base setting overridden by the traces
+    /// one does not matter): only OTLP over plain HTTP with protobuf is spoken.
+    fn check(&self) -> Result<()> {
+        let Some(endpoint) = self.endpoint() else { return Ok(()) };
+        let key = if self.traces_endpoint.is_some() { OTLP_TRACES_ENDPOINT } else { OTLP_ENDPOINT };
+        url(key, &endpoint)?;
+        let protocol = self.traces_protocol.as_ref().map(|p| (OTLP_TRACES_PROTOCOL, p));
+        if let Some((key, value)) = protocol.or(self.protocol.as_ref().map(|p| (OTLP_PROTOCOL, p)))
+            && value != "http/protobuf"
+        {
+            bail!(
+                "{key}={value:?}: this shim exports spans over OTLP/HTTP with protobuf only; set it to \
+                 http/protobuf or remove it"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -89,11 +126,7 @@ impl Default for Settings {
             max_body_bytes: 10 << 20,
             outbound: OutboundPolicy::AllowAll,
             shutdown_delay: Duration::ZERO,
-            traces: TraceSettings {
-                traces_endpoint: None,
-                base_endpoint: None,
-                service_name: "wasmtime-custom".into(),
-            },
+            traces: TraceSettings { service_name: "wasmtime-custom".into(), ..TraceSettings::default() },
         }
     }
 }
@@ -125,6 +158,10 @@ const OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 const OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 const OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 const OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+const OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+const OTLP_TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
+const SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
+const TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
 const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 
 impl Settings {
@@ -203,14 +240,7 @@ impl Settings {
                 settings.listen
             );
         }
-        if settings.shutdown_delay >= settings.grace {
-            bail!(
-                "{SHUTDOWN_DELAY_SECONDS} ({}s) must be shorter than {GRACE_SECONDS} ({}s): the drain \
-                 after the delay needs time too",
-                settings.shutdown_delay.as_secs(),
-                settings.grace.as_secs()
-            );
-        }
+        settings.traces.check()?;
         Ok(settings)
     }
 }
@@ -219,20 +249,65 @@ impl Settings {
 /// most requests that can ever run at once.
 pub const MAX_INSTANCES: usize = 1000;
 
-/// Reads one `OTEL_*` variable. Only OTLP over HTTP with protobuf is
-/// exported; other protocols are refused rather than silently ignored.
+/// Reads one `OTEL_*` variable; what is in effect is checked once all are
+/// read (`TraceSettings::check`). Other `OTEL_*` variables are left to the
+/// SDK's defaults.
 fn read_otel(traces: &mut TraceSettings, key: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Ok(());
+    }
     match key {
-        OTLP_TRACES_ENDPOINT => traces.traces_endpoint = Some(url(key, value)?.to_string()),
-        OTLP_ENDPOINT => traces.base_endpoint = Some(url(key, value)?.to_string()),
-        OTLP_PROTOCOL | OTLP_TRACES_PROTOCOL if value != "http/protobuf" => bail!(
-            "{key}={value:?}: this shim exports spans over OTLP/HTTP with protobuf only; set it to \
-             http/protobuf or remove it"
-        ),
-        SERVICE_NAME if !value.is_empty() => traces.service_name = value.to_string(),
+        OTLP_TRACES_ENDPOINT => traces.traces_endpoint = Some(value.to_string()),
+        OTLP_ENDPOINT => traces.base_endpoint = Some(value.to_string()),
+        OTLP_TRACES_PROTOCOL => traces.traces_protocol = Some(value.to_string()),
+        OTLP_PROTOCOL => traces.protocol = Some(value.to_string()),
+        OTLP_TRACES_HEADERS => traces.traces_headers = Some(headers(key, value)?),
+        OTLP_HEADERS => traces.base_headers = Some(headers(key, value)?),
+        SDK_DISABLED => traces.disabled |= value.eq_ignore_ascii_case("true"),
+        TRACES_EXPORTER => match value {
+            "none" => traces.disabled = true,
+            "otlp" => {}
+            _ => bail!("{key}={value:?}: spans can be exported with otlp only (or none)"),
+        },
+        SERVICE_NAME => traces.service_name = value.to_string(),
         _ => {}
     }
     Ok(())
+}
+
+/// `key=value,key2=value2`, values percent-encoded as the specification says
+/// (only `%20`-style escapes of the value are decoded).
+fn headers(key: &str, value: &str) -> Result<HashMap<String, String>> {
+    value
+        .split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (name, text) = pair.split_once('=').with_context(|| {
+                format!("{key}: {pair:?} is not name=value (use name=value,name2=value2)")
+            })?;
+            Ok((name.trim().to_string(), percent_decoded(text.trim())))
+        })
+        .collect()
+}
+
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The exporter speaks plain HTTP only: a container's root filesystem has
@@ -264,13 +339,33 @@ mod tests {
     }
 
     #[test]
-    fn the_traces_url_wins_over_the_base_url_in_any_order() {
+    fn the_traces_settings_win_over_the_base_ones_in_any_order() {
         let settings = Settings::from_env(&env(&[
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://a:4318/custom",
-            "OTEL_EXPORTER_OTLP_ENDPOINT=http://b:4318",
+            "OTEL_EXPORTER_OTLP_ENDPOINT=https://b:4318",
+            "OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf",
+            "OTEL_EXPORTER_OTLP_HEADERS=x=1",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS=authorization=Bearer%20t0k,tenant=a",
         ]))
         .unwrap();
         assert_eq!(settings.traces.endpoint().as_deref(), Some("http://a:4318/custom"));
+        let headers = settings.traces.headers();
+        assert_eq!(headers.get("authorization").map(String::as_str), Some("Bearer t0k"));
+        assert_eq!(headers.get("tenant").map(String::as_str), Some("a"));
+        assert!(!headers.contains_key("x"));
+    }
+
+    #[test]
+    fn export_is_off_when_disabled_and_empty_values_count_as_unset() {
+        for off in ["OTEL_SDK_DISABLED=true", "OTEL_TRACES_EXPORTER=none"] {
+            let settings =
+                Settings::from_env(&env(&["OTEL_EXPORTER_OTLP_ENDPOINT=http://c:4318", off])).unwrap();
+            assert_eq!(settings.traces.endpoint(), None, "{off}");
+        }
+        let settings =
+            Settings::from_env(&env(&["OTEL_EXPORTER_OTLP_ENDPOINT=", "OTEL_SERVICE_NAME="])).unwrap();
+        assert_eq!(settings.traces, Settings::default().traces);
     }
 
     #[test]
@@ -326,15 +421,17 @@ mod tests {
             ("WASMTIME_CUSTOM_QUEUE_TIMEOUT_MS=-1", "WASMTIME_CUSTOM_QUEUE_TIMEOUT_MS"),
             ("WASMTIME_CUSTOM_MAX_BODY_BYTES=10MB", "WASMTIME_CUSTOM_MAX_BODY_BYTES"),
             ("WASMTIME_CUSTOM_ALLOWED_OUTBOUND_HOSTS=dapr:3500", "scheme://host[:port]"),
-            (
-                "WASMTIME_CUSTOM_SHUTDOWN_DELAY_SECONDS=25",
-                "must be shorter than WASMTIME_CUSTOM_GRACE_SECONDS",
-            ),
             ("OTEL_EXPORTER_OTLP_ENDPOINT=collector:4318", "OTEL_EXPORTER_OTLP_ENDPOINT"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL=grpc", "with protobuf only"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT=http://c:4318 OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
+                "with protobuf only",
+            ),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=https://c:4318/v1/traces", "plain http:// only"),
+            ("OTEL_TRACES_EXPORTER=zipkin", "otlp only"),
+            ("OTEL_EXPORTER_OTLP_HEADERS=token", "not name=value"),
         ] {
-            let err = format!("{:#}", Settings::from_env(&env(&[entry])).unwrap_err());
+            let entries: Vec<&str> = entry.split(' ').collect();
+            let err = format!("{:#}", Settings::from_env(&env(&entries)).unwrap_err());
             assert!(err.contains(needle), "{entry}: {err}");
         }
     }

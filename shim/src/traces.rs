@@ -18,7 +18,7 @@ use opentelemetry::trace::{
     Span as _, SpanKind, SpanRef, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, Span, Tracer};
@@ -40,7 +40,9 @@ pub struct Traces {
 
 impl Traces {
     pub fn new(settings: &TraceSettings) -> Result<Traces> {
-        let resource = Resource::builder().with_service_name(settings.service_name.clone()).build();
+        // Only the container's settings count: the empty builder does not
+        // read OTEL_* from the shim's own environment (containerd's).
+        let resource = Resource::builder_empty().with_service_name(settings.service_name.clone()).build();
         let mut builder = SdkTracerProvider::builder().with_resource(resource);
         let endpoint = settings.endpoint();
         if let Some(endpoint) = &endpoint {
@@ -48,6 +50,7 @@ impl Traces {
                 .with_http()
                 .with_endpoint(endpoint.clone())
                 .with_timeout(EXPORT_TIMEOUT)
+                .with_headers(settings.headers())
                 .build()
                 .with_context(|| format!("cannot export spans to {endpoint}"))?;
             // Spans are queued (bounded, dropped when full) and sent by a
@@ -105,10 +108,10 @@ impl Traces {
         span
     }
 
-    /// Sends what is queued, at exit. Blocks (up to the export timeout).
-    pub fn shutdown(&self) {
+    /// Sends what is queued, at exit. Blocks for up to `timeout`.
+    pub fn shutdown(&self, timeout: Duration) {
         if self.exporting
-            && let Err(e) = self.provider.shutdown()
+            && let Err(e) = self.provider.shutdown_with_timeout(timeout)
         {
             log::warn!("spans not exported at exit: {e}");
         }
@@ -145,7 +148,8 @@ pub fn finish_outgoing(mut span: Span, status: Result<StatusCode, String>) {
     match status {
         Ok(status) => {
             span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
-            if status.is_server_error() {
+            // For the caller, any 4xx or 5xx answer is a failed call.
+            if status.is_client_error() || status.is_server_error() {
                 span.set_status(Status::error(status.to_string()));
             }
         }
@@ -181,12 +185,7 @@ mod tests {
     use super::*;
 
     fn traces() -> Traces {
-        Traces::new(&TraceSettings {
-            traces_endpoint: None,
-            base_endpoint: None,
-            service_name: "test".into(),
-        })
-        .unwrap()
+        Traces::new(&TraceSettings::default()).unwrap()
     }
 
     fn parts(traceparent: &HeaderValue) -> Vec<String> {
