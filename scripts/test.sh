@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing,
-# builds the shim and the images, and runs every test (unit tests and the
-# end-to-end tests under private containerd 1.6, 1.7 and 2.1).
+# builds the shim and the images (for amd64 and arm64 nodes), and runs every
+# test (unit tests, the end-to-end tests under private containerd 1.6, 1.7
+# and 2.1, a local registry, and the arm64 binaries under qemu-user).
 #
 # Usage: scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
@@ -13,7 +14,10 @@ scripts/install-prerequisites.sh
 # does not build wasmtime a second time.
 cargo build --release --workspace
 cargo xtask images
+# The installer's image and the binaries for both node architectures
+# (arm64 cross-compiled once; the arm64 tests run them under qemu-user).
 cargo xtask installer-image
+cargo xtask dist
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --release --workspace --lib --bins --tests "$@" 2>&1 | tee "$log"

@@ -14,6 +14,7 @@ pub mod containerd;
 pub mod node;
 pub mod paths;
 pub mod poll;
+pub mod registry;
 pub mod run;
 pub mod serve;
 pub mod tool;
@@ -21,6 +22,7 @@ pub mod tool;
 pub use containerd::{Containerd, RUNC, RUNTIME};
 pub use node::{FakeNode, InstalledNode};
 pub use paths::{Paths, Version};
+pub use registry::Registry;
 pub use run::{Container, Run};
 pub use serve::serve_http;
 

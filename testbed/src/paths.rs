@@ -132,6 +132,26 @@ impl Paths {
         Ok(path)
     }
 
+    /// `cargo xtask dist`'s folder of one node architecture (`amd64`,
+    /// `arm64`), next to the binaries' folder; an error says how to fill it.
+    pub fn dist(&self, arch: &str) -> Result<PathBuf> {
+        let dir = sibling_of(&self.bin_dir, "dist").join(arch);
+        if !dir.is_dir() {
+            bail!("{} is missing: build both architectures with `cargo xtask dist`", dir.display());
+        }
+        Ok(dir)
+    }
+
+    /// Debian trixie's `qemu-aarch64` (qemu-user 10), unpacked next to the
+    /// binaries' folder by scripts/install-prerequisites.sh.
+    pub fn qemu_aarch64(&self) -> Result<PathBuf> {
+        let path = sibling_of(&self.bin_dir, "debian").join("qemu-trixie/root/usr/bin/qemu-aarch64");
+        if !path.is_file() {
+            bail!("{} is missing: run scripts/install-prerequisites.sh", path.display());
+        }
+        Ok(path)
+    }
+
     /// The folder holding containerd `version`'s binaries (`containerd`,
     /// `ctr`, `containerd-shim-runc-v2`).
     pub fn containerd_bins(&self, version: Version) -> Result<PathBuf> {

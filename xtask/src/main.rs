@@ -5,10 +5,17 @@
 //!   for `ctr image import` into DIR (default `target/images`): the app
 //!   (plain and wasm-layer), the native baseline (`app-native.tar`), the
 //!   test guests, and the Linux images of the CRI tests.
-//! - `cargo xtask installer-image [--out DIR]` builds the workspace (release)
-//!   and writes the node installer's image (`node-installer.tar`): the
-//!   installer, the shim it installs, the libraries they load, and a
-//!   busybox shell for `--restart-command`.
+//! - `cargo xtask installer-image [--out DIR]` builds the shim and the
+//!   installer for both node architectures (as `dist` does) and writes the
+//!   node installer's image (`node-installer.tar`), an index of a
+//!   `linux/amd64` and a `linux/arm64` image: the installer, the shim it
+//!   installs, the libraries they load, and a busybox shell for
+//!   `--restart-command`.
+//! - `cargo xtask dist [--out DIR]` builds the shim and the installer for
+//!   x86_64 and aarch64 Linux (release; aarch64 with Debian's cross linker)
+//!   into DIR/amd64 and DIR/arm64 (default `target/dist`), and prints each
+//!   binary's size, architecture, the libraries it loads and the newest
+//!   glibc it needs.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -17,10 +24,12 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 use oci_spec::image::Arch;
 
+mod elf;
 mod guests;
 mod oci;
 
-const USAGE: &str = "usage: cargo xtask images [--out DIR] | cargo xtask installer-image [--out DIR]";
+const USAGE: &str =
+    "usage: cargo xtask images [--out DIR] | cargo xtask installer-image [--out DIR] | cargo xtask dist [--out DIR]";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -40,6 +49,8 @@ fn run(args: Vec<String>) -> Result<()> {
         ["images", "--out", dir] => images(root, Path::new(dir)),
         ["installer-image"] => installer_image(root, &default_out),
         ["installer-image", "--out", dir] => installer_image(root, Path::new(dir)),
+        ["dist"] => dist(root, &root.join("target/dist")),
+        ["dist", "--out", dir] => dist(root, Path::new(dir)),
         _ => bail!("{USAGE}"),
     }
 }
@@ -48,8 +59,17 @@ fn run(args: Vec<String>) -> Result<()> {
 struct Image {
     file: &'static str,
     name: &'static str,
-    wasm_layer: bool,
+    kind: Kind,
     wasm: Vec<u8>,
+}
+
+enum Kind {
+    /// A rootfs with the Wasm, for this machine's architecture (test images).
+    Plain,
+    /// The same, as an index for amd64 and arm64 nodes (the app).
+    PlainAllNodes,
+    /// The Wasm as a layer of its own, architecture-free.
+    WasmLayer,
 }
 
 fn images(root: &Path, out: &Path) -> Result<()> {
@@ -70,15 +90,15 @@ fn images(root: &Path, out: &Path) -> Result<()> {
     let test_command = read("guest-command.wasm")?;
     let truncated = app[..app.len() / 2].to_vec();
 
-    let plain = |file, name, wasm| Image { file, name, wasm_layer: false, wasm };
+    let plain = |file, name, wasm| Image { file, name, kind: Kind::Plain, wasm };
     let images = [
-        plain("app.tar", "localhost/wasmtime-custom/app:latest", app.clone()),
         Image {
-            file: "app-wasm.tar",
-            name: "localhost/wasmtime-custom/app:wasm",
-            wasm_layer: true,
-            wasm: app,
+            file: "app.tar",
+            name: "localhost/wasmtime-custom/app:latest",
+            kind: Kind::PlainAllNodes,
+            wasm: app.clone(),
         },
+        Image { file: "app-wasm.tar", name: "localhost/wasmtime-custom/app:wasm", kind: Kind::WasmLayer, wasm: app },
         plain("test-http.tar", "localhost/wasmtime-custom/test-http:latest", test_http),
         plain("test-command.tar", "localhost/wasmtime-custom/test-command:latest", test_command),
         plain("test-module.tar", "localhost/wasmtime-custom/test-module:latest", guests::core_module()?),
@@ -109,10 +129,10 @@ fn images(root: &Path, out: &Path) -> Result<()> {
     }
     native_app_image(root, out)?;
     for image in images {
-        let archive = if image.wasm_layer {
-            oci::wasm_layer_image(image.name, &image.wasm)?
-        } else {
-            oci::plain_wasm_image(image.name, oci_arch()?, &image.wasm)?
+        let archive = match image.kind {
+            Kind::WasmLayer => oci::wasm_layer_image(image.name, &image.wasm)?,
+            Kind::PlainAllNodes => oci::plain_wasm_image_all(image.name, &image.wasm)?,
+            Kind::Plain => oci::plain_wasm_image(image.name, oci_arch()?, &image.wasm)?,
         };
         write_archive(&out.join(image.file), image.name, &archive)?;
     }
@@ -131,25 +151,92 @@ const NATIVE_APP: &str = "order-app-native";
 /// busybox applets the installer's `--restart-command` may need.
 const SHELL_APPLETS: [&str; 6] = ["sh", "touch", "sleep", "rm", "cat", "test"];
 
-/// The node installer's image, as the DaemonSet runs it.
+/// The node installer's image, as the DaemonSet runs it: one image per node
+/// architecture, in an index, so the same DaemonSet runs on amd64 and arm64
+/// nodes.
 fn installer_image(root: &Path, out: &Path) -> Result<()> {
-    cargo(root, &["build", "--release", "--workspace"])?;
-    let release = target_dir(root).join("release");
-    let installer = release.join(INSTALLER);
-    let files = vec![
-        (format!("usr/local/bin/{INSTALLER}"), installer.clone()),
-        (format!("usr/local/bin/{SHIM}"), release.join(SHIM)),
-        ("bin/busybox".to_string(), PathBuf::from("/bin/busybox")),
-    ];
-    let mut layer = linux_layer(&installer, files, &["mnt/node-root", "tmp", "run"])?;
-    for applet in SHELL_APPLETS {
-        layer.push(oci::Entry::Symlink { path: format!("bin/{applet}"), target: "busybox".into() });
+    let builds = build_for_nodes(root)?;
+    let mut platforms = Vec::new();
+    for build in &builds {
+        let installer = build.dir.join(INSTALLER);
+        let files = vec![
+            (format!("usr/local/bin/{INSTALLER}"), installer.clone()),
+            (format!("usr/local/bin/{SHIM}"), build.dir.join(SHIM)),
+            ("bin/busybox".to_string(), build.busybox.clone()),
+        ];
+        let mut layer = linux_layer(&installer, files, &["mnt/node-root", "tmp", "run"])?;
+        for applet in SHELL_APPLETS {
+            layer.push(oci::Entry::Symlink { path: format!("bin/{applet}"), target: "busybox".into() });
+        }
+        platforms.push((build.arch.clone(), layer));
     }
     let name = "localhost/wasmtime-custom/node-installer:latest";
     let entrypoint = format!("/usr/local/bin/{INSTALLER}");
-    let archive = oci::plain_image(name, oci_arch()?, &layer, &[&entrypoint])?;
+    let platforms: Vec<(Arch, &[oci::Entry])> =
+        platforms.iter().map(|(arch, layer)| (arch.clone(), layer.as_slice())).collect();
+    let archive = oci::multi_arch_image(name, &platforms, &[&entrypoint])?;
     std::fs::create_dir_all(out).with_context(|| format!("could not create {}", out.display()))?;
     write_archive(&out.join("node-installer.tar"), name, &archive)
+}
+
+/// The shim and the installer built for one node architecture.
+struct NodeBuild {
+    arch: Arch,
+    /// Where the two binaries are.
+    dir: PathBuf,
+    /// A static busybox of that architecture.
+    busybox: PathBuf,
+}
+
+/// Builds the shim and the installer for amd64 and arm64 nodes. This
+/// machine's own architecture is the workspace's release build; the other
+/// is cross-compiled (`.cargo/config.toml` names the linker).
+fn build_for_nodes(root: &Path) -> Result<Vec<NodeBuild>> {
+    let host = oci_arch()?;
+    let mut builds = Vec::new();
+    for (arch, triple) in [(Arch::Amd64, "x86_64-unknown-linux-gnu"), (Arch::ARM64, "aarch64-unknown-linux-gnu")] {
+        let dir = if arch == host {
+            cargo(root, &["build", "--release", "--workspace"])?;
+            target_dir(root).join("release")
+        } else {
+            let packages = ["-p", "containerd-shim-wasmtime-custom", "-p", "node-installer"];
+            cargo(root, &[&["build", "--release", "--target", triple][..], &packages[..]].concat())?;
+            target_dir(root).join(triple).join("release")
+        };
+        // This machine's busybox-static for its own architecture; the other
+        // one unpacked by scripts/install-prerequisites.sh.
+        let busybox = if arch == host {
+            PathBuf::from("/bin/busybox")
+        } else {
+            target_dir(root).join(format!("debian/busybox-{arch}/root/bin/busybox"))
+        };
+        builds.push(NodeBuild { arch, dir, busybox });
+    }
+    Ok(builds)
+}
+
+/// `cargo xtask dist`: both binaries for both node architectures, copied
+/// to `out/<arch>/`, with what each needs.
+fn dist(root: &Path, out: &Path) -> Result<()> {
+    for build in build_for_nodes(root)? {
+        let folder = out.join(build.arch.to_string());
+        std::fs::create_dir_all(&folder).with_context(|| format!("could not create {}", folder.display()))?;
+        for binary in [SHIM, INSTALLER] {
+            let target = folder.join(binary);
+            std::fs::copy(build.dir.join(binary), &target)
+                .with_context(|| format!("could not copy {binary} to {}", target.display()))?;
+            let needs = elf::read(&target)?;
+            let size = std::fs::metadata(&target)?.len();
+            let glibc = needs.glibc.map_or("none".to_string(), |(major, minor)| format!("GLIBC_{major}.{minor}"));
+            println!(
+                "{}  {}  {size} bytes  needs {} (glibc up to {glibc})",
+                target.display(),
+                needs.arch,
+                needs.libraries.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The native baseline's image: `order-app-native` and the libraries it
@@ -165,12 +252,11 @@ fn native_app_image(root: &Path, out: &Path) -> Result<()> {
 }
 
 /// A Linux image layer: `files` (path in the image, source on this machine),
-/// the shared libraries `binary` loads at the paths `ldd` gives, and `dirs`,
-/// with every parent folder before what it holds.
+/// what `binary` loads (its interpreter and libraries, read from its ELF
+/// headers, for its own architecture), and `dirs`, with every parent folder
+/// before what it holds.
 fn linux_layer(binary: &Path, mut files: Vec<(String, PathBuf)>, dirs: &[&str]) -> Result<Vec<oci::Entry>> {
-    for library in libraries(binary)? {
-        files.push((library.display().to_string().trim_start_matches('/').to_string(), library));
-    }
+    files.extend(elf::runtime_files(binary)?);
     let mut folders: BTreeSet<String> = dirs.iter().map(|dir| dir.to_string()).collect();
     let mut entries = Vec::new();
     for (path, source) in &files {
@@ -189,16 +275,6 @@ fn linux_layer(binary: &Path, mut files: Vec<(String, PathBuf)>, dirs: &[&str]) 
         all.into_iter().map(|path| oci::Entry::Dir { path: format!("{path}/") }).collect();
     layer.extend(entries);
     Ok(layer)
-}
-
-/// The shared libraries `binary` loads, as `ldd` resolves them.
-fn libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let output = Command::new("ldd").arg(binary).output().context("could not run ldd")?;
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| line.split_whitespace().find(|word| word.starts_with('/')))
-        .map(PathBuf::from)
-        .collect())
 }
 
 fn target_dir(root: &Path) -> PathBuf {

@@ -161,20 +161,48 @@ pub enum Entry {
 /// The plain image of a Wasm app: a one-file rootfs with the Wasm at
 /// [`ENTRYPOINT`], for `linux/{arch}`. Works with every containerd version.
 pub fn plain_wasm_image(name: &str, arch: Arch, wasm: &[u8]) -> Result<Vec<u8>> {
-    let entry =
-        Entry::File { path: ENTRYPOINT.trim_start_matches('/').into(), mode: 0o644, bytes: wasm.to_vec() };
-    plain_image(name, arch, &[entry], &[ENTRYPOINT])
+    plain_image(name, arch, &[wasm_file(wasm)], &[ENTRYPOINT])
 }
 
-/// A plain Linux image of one layer holding `entries`.
-///
-/// One platform manifest, not a multi-arch index: `containerd-shim-wasm`
-/// reads the image's top object as a manifest, and an index there makes it
-/// log a misleading "serde failed" warning at every start.
+/// The plain image of a Wasm app for every node a cluster may have: an
+/// image index with a `linux/amd64` and a `linux/arm64` manifest, both with
+/// the same one-file rootfs (the Wasm is the same for every architecture;
+/// only the index tells containerd that either platform may run it).
+pub fn plain_wasm_image_all(name: &str, wasm: &[u8]) -> Result<Vec<u8>> {
+    let file = [wasm_file(wasm)];
+    multi_arch_image(name, &[(Arch::Amd64, &file[..]), (Arch::ARM64, &file[..])], &[ENTRYPOINT])
+}
+
+fn wasm_file(wasm: &[u8]) -> Entry {
+    Entry::File { path: ENTRYPOINT.trim_start_matches('/').into(), mode: 0o644, bytes: wasm.to_vec() }
+}
+
+/// A plain Linux image of one layer holding `entries`: one platform
+/// manifest (the test images and the native baseline).
 pub fn plain_image(name: &str, arch: Arch, entries: &[Entry], entrypoint: &[&str]) -> Result<Vec<u8>> {
     let mut blobs = Blobs::default();
     let manifest = blobs.add_linux_image(arch, entries, entrypoint)?;
     archive(name, blobs, manifest)
+}
+
+/// A Linux image for several architectures: one single-layer manifest per
+/// `(arch, entries)`, listed by an image index; containerd picks the entry
+/// of the node's architecture. (`containerd-shim-wasm` logs a harmless
+/// "serde failed" warning when it reads an index as a manifest.)
+pub fn multi_arch_image(name: &str, platforms: &[(Arch, &[Entry])], entrypoint: &[&str]) -> Result<Vec<u8>> {
+    let mut blobs = Blobs::default();
+    let manifests = platforms
+        .iter()
+        .map(|(arch, entries)| blobs.add_linux_image(arch.clone(), entries, entrypoint))
+        .collect::<Result<Vec<_>>>()?;
+    let index = ImageIndexBuilder::default()
+        .schema_version(SCHEMA_VERSION)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()
+        .context("could not build the image index")?;
+    let index = blobs.add_json(MediaType::ImageIndex, &index)?;
+    archive(name, blobs, index)
 }
 
 /// The wasm-layer image: the Wasm as a single layer of media type
@@ -388,6 +416,26 @@ mod tests {
         let config = config(&files, manifest.config());
         assert_eq!(config.config().as_ref().unwrap().entrypoint(), &Some(vec!["/app.wasm".to_string()]));
         assert_eq!(config.rootfs().diff_ids(), &[manifest.layers()[0].digest().to_string()]);
+    }
+
+    #[test]
+    fn the_app_for_all_nodes_is_an_index_of_amd64_and_arm64_with_the_same_wasm() {
+        let files = entries(&plain_wasm_image_all("localhost/app:latest", b"\0asm").unwrap());
+        let layout = index(&files);
+        let top = &layout.manifests()[0];
+        assert_eq!(top.media_type(), &MediaType::ImageIndex);
+        assert!(top.platform().is_none());
+        let all: ImageIndex = serde_json::from_slice(blob(&files, top)).unwrap();
+        let mut layers = Vec::new();
+        for (descriptor, arch) in all.manifests().iter().zip([Arch::Amd64, Arch::ARM64]) {
+            let platform = descriptor.platform().as_ref().unwrap();
+            assert_eq!((platform.architecture(), platform.os()), (&arch, &Os::Linux));
+            let manifest = manifest(&files, descriptor);
+            assert_eq!(config(&files, manifest.config()).architecture(), &arch);
+            layers.push(manifest.layers()[0].digest().clone());
+        }
+        assert_eq!(layers.len(), 2);
+        assert_eq!(layers[0], layers[1], "one layer, stored once, for both");
     }
 
     #[test]
