@@ -1,14 +1,18 @@
 //! A CRI client over containerd's socket: the kubelet's only way to talk to
 //! containerd, so the installer's health check asks it what the kubelet
-//! would ask (and the tests drive pods through it).
+//! would ask, `uninstall` lists the pods on the runtime as the kubelet knows
+//! them (and the tests drive pods through it).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1::StatusRequest;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerFilter, ContainerState, ContainerStateValue, ListContainersRequest, ListPodSandboxRequest,
+    PodSandboxFilter, PodSandboxState, PodSandboxStateValue, StatusRequest,
+};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -92,4 +96,67 @@ pub async fn wait_healthy(socket: &Path, handler: Option<&str>, timeout: Duratio
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A running pod, as CRI names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// The pod's Kubernetes namespace.
+    pub namespace: String,
+    pub name: String,
+    /// The names of its running containers (its sandbox aside).
+    pub containers: Vec<String>,
+}
+
+/// `namespace/name (containers: a, b)`.
+impl std::fmt::Display for Pod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if self.containers.is_empty() {
+            write!(f, " (no running container)")
+        } else {
+            write!(f, " (containers: {})", self.containers.join(", "))
+        }
+    }
+}
+
+/// The ready pods whose runtime handler is `handler`, by namespace and
+/// name, with their running containers (`ListPodSandbox`, `ListContainers`).
+pub async fn pods_on(client: &mut RuntimeClient, handler: &str) -> Result<Vec<Pod>> {
+    let ready = PodSandboxFilter {
+        state: Some(PodSandboxStateValue { state: PodSandboxState::SandboxReady as i32 }),
+        ..Default::default()
+    };
+    let sandboxes = client
+        .list_pod_sandbox(ListPodSandboxRequest { filter: Some(ready) })
+        .await
+        .context("CRI ListPodSandbox failed")?
+        .into_inner()
+        .items;
+    let running = ContainerFilter {
+        state: Some(ContainerStateValue { state: ContainerState::ContainerRunning as i32 }),
+        ..Default::default()
+    };
+    let containers = client
+        .list_containers(ListContainersRequest { filter: Some(running) })
+        .await
+        .context("CRI ListContainers failed")?
+        .into_inner()
+        .containers;
+    let mut pods: Vec<Pod> = sandboxes
+        .into_iter()
+        .filter(|sandbox| sandbox.runtime_handler == handler)
+        .map(|sandbox| {
+            let metadata = sandbox.metadata.unwrap_or_default();
+            let mut names: Vec<String> = containers
+                .iter()
+                .filter(|c| c.pod_sandbox_id == sandbox.id)
+                .filter_map(|c| Some(c.metadata.as_ref()?.name.clone()))
+                .collect();
+            names.sort();
+            Pod { namespace: metadata.namespace, name: metadata.name, containers: names }
+        })
+        .collect();
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Ok(pods)
 }

@@ -3,10 +3,17 @@
 //! Order of `install`, each step only if the ones before succeeded: read the
 //! installer's state (`state`); find the config; work out the edit and check
 //! it with the node's own containerd (`config dump`); put the shim binary in
-//! place (checked to run on the node); write the config atomically, with a
-//! backup; restart containerd only if the config changed; check containerd's
-//! health over CRI and roll back byte for byte if it is not healthy; only
-//! then label the node.
+//! place (checked to run on the node; renamed over an older version, whose
+//! running shims keep their inode); write the config atomically, with a
+//! backup; restart containerd only if the config changed (an upgrade of the
+//! binary alone restarts nothing); check containerd's health over CRI and
+//! roll back byte for byte if it is not healthy; only then label the node.
+//!
+//! Order of `uninstall`: unlabel the node first, so that no new Wasm pod is
+//! scheduled here; then find what still runs on the runtime (`in_use`) and
+//! stop, naming it, unless told to go ahead; only then take the runtime out
+//! of the config, restart containerd (rolled back like `install`), and
+//! remove the binary once no process runs it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,10 +22,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::config::{self, EditInputs, Runtime};
 use crate::layout::{self, ConfigKind, Layout, Overrides};
+use crate::node::{self, KubeNode};
 use crate::node_root::NodeRoot;
 use crate::state::{self, State};
 use crate::system::{self, Restart};
-use crate::{binary, cri, dump, node};
+use crate::{binary, cri, dump, in_use};
 
 /// The shim's file name; containerd derives it from the runtime type.
 pub const SHIM_NAME: &str = "containerd-shim-wasmtime-custom-v1";
@@ -38,9 +46,20 @@ pub struct Options {
     /// `--restart-command`, else the layout's systemd unit.
     pub restart_command: Option<String>,
     pub health_timeout: Duration,
-    /// Label this Kubernetes node when done.
-    pub node_name: Option<String>,
+    /// The Kubernetes Node to label when done (unlabel first, on uninstall).
+    pub kube_node: Option<KubeNode>,
     pub dry_run: bool,
+}
+
+/// What `uninstall` does when Wasm pods, or other containers on the
+/// runtime, still run on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhileInUse {
+    /// Stop before anything but the node's label changes, naming them.
+    Refuse,
+    /// Go ahead (`--force`), naming them: nothing stops them, but nothing
+    /// of theirs can start again on this node.
+    Proceed,
 }
 
 impl Options {
@@ -72,10 +91,15 @@ struct Current {
     default_version: i64,
 }
 
-fn current(options: &Options) -> Result<Current> {
-    let node_root = &options.node_root;
-    let layout = layout::detect(node_root, &options.overrides)?;
+/// The node's layout, printed with the reason it was chosen.
+fn detect(options: &Options) -> Result<Layout> {
+    let layout = layout::detect(&options.node_root, &options.overrides)?;
     println!("containerd config: {layout}");
+    Ok(layout)
+}
+
+fn current(options: &Options, layout: Layout) -> Result<Current> {
+    let node_root = &options.node_root;
     // Known before anything changes: a node that cannot be restarted is
     // refused up front.
     let restart = match (&options.restart_command, &layout.unit) {
@@ -110,7 +134,7 @@ pub async fn install(options: &Options) -> Result<()> {
     let node_root = &options.node_root;
     let _lock = if options.dry_run { None } else { Some(system::lock(node_root)?) };
     let state = state::read(node_root)?;
-    let now = current(options)?;
+    let now = current(options, detect(options)?)?;
     let runtime = options.runtime();
     let inputs = EditInputs {
         base_version: config::version_of(&now.effective)?.or(Some(now.default_version)),
@@ -186,23 +210,30 @@ pub async fn install(options: &Options) -> Result<()> {
         println!("containerd is healthy and knows {} ({})", runtime.name, health.handlers.join(", "));
     }
 
-    if let Some(name) = &options.node_name {
-        node::mark_ready(&node::client().await?, name, &binary.version).await?;
-        println!("node {name} labelled {}={}", node::READY_LABEL, node::READY_VALUE);
+    if let Some(kube_node) = &options.kube_node {
+        node::mark_ready(&kube_node.client, &kube_node.name, &binary.version).await?;
+        println!("node {} labelled {}={}", kube_node.name, node::READY_LABEL, node::READY_VALUE);
     }
     Ok(())
 }
 
-pub async fn uninstall(options: &Options) -> Result<()> {
+pub async fn uninstall(options: &Options, while_in_use: WhileInUse) -> Result<()> {
     let node_root = &options.node_root;
     let _lock = if options.dry_run { None } else { Some(system::lock(node_root)?) };
     let state = state::read(node_root)?;
-    // Unlabel first: no new wasm pod should be scheduled here from now on.
-    if let (Some(name), false) = (&options.node_name, options.dry_run) {
-        node::unmark(&node::client().await?, name).await?;
-        println!("node {name}: label {} removed", node::READY_LABEL);
+    // Unlabel first: the RuntimeClass selects on the label, so from now on
+    // no new Wasm pod is scheduled here, and what runs can only wind down.
+    if let (Some(kube_node), false) = (&options.kube_node, options.dry_run) {
+        node::unmark(&kube_node.client, &kube_node.name).await?;
+        println!(
+            "node {}: label {} removed; no new Wasm pod is scheduled here",
+            kube_node.name,
+            node::READY_LABEL
+        );
     }
-    let now = current(options)?;
+    let layout = detect(options)?;
+    check_in_use(options, &layout, while_in_use).await?;
+    let now = current(options, layout)?;
     if let Some(text) = &now.text {
         let edit = config::uninstall(text, &options.runtime())?;
         if edit.changed {
@@ -255,8 +286,7 @@ pub async fn uninstall(options: &Options) -> Result<()> {
 /// Prints what is installed; `Ok(true)` when everything is in place and healthy.
 pub async fn status(options: &Options) -> Result<bool> {
     let node_root = &options.node_root;
-    let layout = layout::detect(node_root, &options.overrides)?;
-    println!("containerd config: {layout}");
+    let layout = detect(options)?;
     let text = read_optional(&node_root.path(&layout.config))?.unwrap_or_default();
     let places = config::registered_at(&text, &options.runtime_name)?;
     let mut ok = !places.is_empty();
@@ -288,10 +318,11 @@ pub async fn status(options: &Options) -> Result<bool> {
             println!("containerd: {e:#}");
         }
     }
-    if let Some(name) = &options.node_name {
-        let (ready, version) = node::readiness(&node::client().await?, name).await?;
+    if let Some(kube_node) = &options.kube_node {
+        let (ready, version) = node::readiness(&kube_node.client, &kube_node.name).await?;
         println!(
-            "node {name}: {}={} {}",
+            "node {}: {}={} {}",
+            kube_node.name,
             node::READY_LABEL,
             if ready { node::READY_VALUE } else { "(absent)" },
             version.unwrap_or_default()
@@ -299,6 +330,49 @@ pub async fn status(options: &Options) -> Result<bool> {
         ok &= ready;
     }
     Ok(ok)
+}
+
+/// Finds what still runs on the runtime (see `in_use`) and stops the
+/// uninstall, naming it, unless `while_in_use` says to go ahead. Not knowing
+/// (containerd does not answer) counts as in use.
+async fn check_in_use(options: &Options, layout: &Layout, while_in_use: WhileInUse) -> Result<()> {
+    let name = &options.runtime_name;
+    let shim = options.install_dir.join(SHIM_NAME);
+    let socket = options.socket(layout);
+    let (problem, what_to_do) = match in_use::find(&options.node_root, &socket, name, &shim).await {
+        Ok(in_use) if in_use.is_empty() => {
+            println!("nothing runs on {name} here: no Wasm pod, no shim process");
+            return Ok(());
+        }
+        Ok(in_use) => (
+            format!("{name} is still in use on this node: {in_use}"),
+            "The runtime stays registered and the shim in place, so they keep running. Delete these pods or \
+             their workloads (or let them finish), then run uninstall again (the uninstall DaemonSet retries \
+             by itself); or pass --force to remove the runtime while they run: nothing stops them, but \
+             nothing of theirs can start again on this node",
+        ),
+        Err(e) => (
+            format!("could not tell whether anything still runs on {name}: {e:#}"),
+            "Check that containerd runs and answers on its socket (see --socket), then run uninstall again \
+             (the uninstall DaemonSet retries by itself); or pass --force to remove the runtime regardless",
+        ),
+    };
+    if options.dry_run {
+        println!("dry run: {problem}; uninstall would stop here unless given --force");
+        return Ok(());
+    }
+    match while_in_use {
+        WhileInUse::Proceed => {
+            println!(
+                "{problem}; going ahead (--force), stopping nothing; the shim binary stays while a shim runs it"
+            );
+            Ok(())
+        }
+        WhileInUse::Refuse if options.kube_node.is_some() => bail!(
+            "{problem}. Nothing was changed but the node's label (no new Wasm pod is scheduled here). {what_to_do}"
+        ),
+        WhileInUse::Refuse => bail!("{problem}. Nothing was changed. {what_to_do}"),
+    }
 }
 
 /// Restarts containerd and waits for it to be healthy (knowing `handler`,
@@ -401,7 +475,12 @@ fn containerd_major(node_root: &NodeRoot, containerd: &Path) -> Result<u32> {
 mod tests {
     use std::collections::BTreeMap;
 
+    use serde_json::json;
+    use tempfile::{NamedTempFile, TempDir};
+
     use super::*;
+    use crate::api_server_stand_in::*;
+    use crate::node::{READY_LABEL, VERSION_ANNOTATION};
 
     /// Every file under `dir` with its bytes (folders by their paths).
     fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -418,45 +497,122 @@ mod tests {
         found
     }
 
-    #[tokio::test]
-    async fn a_corrupt_state_file_stops_install_and_uninstall_before_anything_changes() {
-        let root = tempfile::tempdir().unwrap();
-        let put = |path: &str, text: &str| {
-            let local = root.path().join(path.trim_start_matches('/'));
+    /// A node root in a temp folder with containerd's config, a containerd
+    /// binary (an empty file: every run here stops before running it) and
+    /// the shim an earlier install put there; options for it.
+    struct Scratch {
+        root: TempDir,
+        options: Options,
+        _new_shim: NamedTempFile,
+    }
+
+    impl Scratch {
+        fn new() -> Scratch {
+            let root = tempfile::tempdir().unwrap();
+            let new_shim = NamedTempFile::new().unwrap();
+            std::fs::write(new_shim.path(), "a new shim").unwrap();
+            let options = Options {
+                node_root: NodeRoot::new(root.path()),
+                overrides: Overrides::default(),
+                shim: new_shim.path().to_path_buf(),
+                install_dir: "/usr/local/bin".into(),
+                runtime_name: "wasmtime-custom".into(),
+                restart_command: Some("exit 0".into()),
+                health_timeout: Duration::from_secs(1),
+                kube_node: None,
+                dry_run: false,
+            };
+            let scratch = Scratch { root, options, _new_shim: new_shim };
+            scratch.put("/etc/containerd/config.toml", "version = 2\n");
+            scratch.put("/usr/bin/containerd", "");
+            scratch.put("/usr/local/bin/containerd-shim-wasmtime-custom-v1", "the shim installed before");
+            scratch
+        }
+
+        fn put(&self, path: &str, text: &str) {
+            let local = self.root.path().join(path.trim_start_matches('/'));
             std::fs::create_dir_all(local.parent().unwrap()).unwrap();
             std::fs::write(local, text).unwrap();
-        };
-        put("/etc/containerd/config.toml", "version = 2\n");
-        put("/usr/bin/containerd", "");
-        put("/usr/local/bin/containerd-shim-wasmtime-custom-v1", "the shim installed before");
-        put(state::PATH, "{\"config\": \"/etc/containerd/config.toml\", \"crea");
-        let shim = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(shim.path(), "a new shim").unwrap();
-        let options = Options {
-            node_root: NodeRoot::new(root.path()),
-            overrides: Overrides::default(),
-            shim: shim.path().to_path_buf(),
-            install_dir: "/usr/local/bin".into(),
-            runtime_name: "wasmtime-custom".into(),
-            restart_command: Some("exit 0".into()),
-            health_timeout: Duration::from_secs(1),
-            node_name: None,
-            dry_run: false,
-        };
-        // The lock every run takes first coordinates runs; it is no change
-        // to the node's setup.
-        let lock = root.path().join("run/wasmtime-custom-node-installer.lock");
-        let before = tree(root.path());
+        }
 
-        let errors = [install(&options).await.unwrap_err(), uninstall(&options).await.unwrap_err()];
+        /// The node's files, but for the lock every run takes first: it
+        /// coordinates runs, and is no change to the node's setup.
+        fn files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+            let mut files = tree(self.root.path());
+            files.remove(&self.root.path().join("run/wasmtime-custom-node-installer.lock"));
+            files.remove(&self.root.path().join("run"));
+            files
+        }
+
+        fn label_through(&mut self, server: &ApiServerStandIn) {
+            self.options.kube_node = Some(KubeNode { name: NODE.into(), client: server.client() });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_state_file_stops_install_and_uninstall_before_anything_changes() {
+        let scratch = Scratch::new();
+        scratch.put(state::PATH, "{\"config\": \"/etc/containerd/config.toml\", \"crea");
+        let before = scratch.files();
+
+        let errors = [
+            install(&scratch.options).await.unwrap_err(),
+            uninstall(&scratch.options, WhileInUse::Refuse).await.unwrap_err(),
+        ];
 
         for err in errors {
             let err = format!("{err:#}");
             assert!(err.contains(state::PATH) && err.contains("is not a state the installer wrote"), "{err}");
             assert!(err.contains("nothing was changed"), "{err}");
         }
-        let mut after = tree(root.path());
-        assert!(after.remove(&lock).is_some() && after.remove(&root.path().join("run")).is_some());
-        assert_eq!(after, before, "a run that stops at the state file changes nothing on the node");
+        assert_eq!(scratch.files(), before, "a run that stops at the state file changes nothing on the node");
+    }
+
+    #[tokio::test]
+    async fn uninstall_changes_nothing_on_the_node_when_its_label_cannot_be_removed() {
+        let server = ApiServerStandIn::start(
+            403,
+            status_json(
+                403,
+                "Forbidden",
+                "nodes \"wasm-node-1\" is forbidden: cannot patch resource \"nodes\"",
+            ),
+        )
+        .await;
+        let mut scratch = Scratch::new();
+        scratch.label_through(&server);
+        let before = scratch.files();
+
+        // Even told to go ahead whatever runs: a node that may still get
+        // Wasm pods keeps its runtime.
+        let err = uninstall(&scratch.options, WhileInUse::Proceed).await.unwrap_err();
+
+        let err = format!("{err:#}");
+        assert!(err.contains("could not remove the wasmtime-custom.io/runtime label"), "{err}");
+        assert!(err.contains("cannot patch resource"), "{err}");
+        assert_eq!(only_request(&server).method, "PATCH");
+        assert_eq!(scratch.files(), before, "the config and the shim are as they were");
+    }
+
+    #[tokio::test]
+    async fn uninstall_unlabels_the_node_first_then_stops_when_it_cannot_tell_what_still_runs() {
+        let server = ApiServerStandIn::start(200, node_json(json!({}), json!({}))).await;
+        let mut scratch = Scratch::new();
+        scratch.label_through(&server);
+        let before = scratch.files();
+
+        // containerd's socket, /run/containerd/containerd.sock, is not there.
+        let err = uninstall(&scratch.options, WhileInUse::Refuse).await.unwrap_err();
+
+        assert_only_a_merge_patch_of_the_node(
+            &server,
+            json!({ "metadata": { "labels": { READY_LABEL: null }, "annotations": { VERSION_ANNOTATION: null } } }),
+        );
+        let err = format!("{err:#}");
+        assert!(err.contains("could not tell whether anything still runs on wasmtime-custom"), "{err}");
+        assert!(err.contains("could not connect to containerd's socket"), "{err}");
+        assert!(err.contains("Nothing was changed but the node's label"), "{err}");
+        assert!(err.contains("Check that containerd runs") && err.contains("pass --force"), "{err}");
+        assert_eq!(scratch.files(), before, "the config and the shim are as they were");
     }
 }

@@ -7,9 +7,13 @@ pub mod binary;
 pub mod config;
 pub mod cri;
 pub mod dump;
+pub mod in_use;
 pub mod install;
 pub mod layout;
 pub mod node;
 pub mod node_root;
 pub mod state;
 pub mod system;
+
+#[cfg(test)]
+mod api_server_stand_in;

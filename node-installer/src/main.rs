@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use node_installer::install::{self, Options, SHIM_NAME};
+use node_installer::install::{self, Options, SHIM_NAME, WhileInUse};
 use node_installer::layout::Overrides;
+use node_installer::node::KubeNode;
 use node_installer::node_root::NodeRoot;
 
 #[derive(Parser, Debug)]
@@ -63,8 +64,15 @@ struct Cli {
 enum Command {
     /// Install the shim and register the runtime (the default).
     Install,
-    /// Remove exactly what install added.
-    Uninstall,
+    /// Unlabel the node, then remove exactly what install added; stops
+    /// (exit 2, naming them) while Wasm pods or other shims still run here.
+    Uninstall {
+        /// Remove the runtime even while Wasm pods run on it: nothing stops
+        /// them, but nothing of theirs can start again on this node (the
+        /// shim binary stays until no process runs it).
+        #[arg(long)]
+        force: bool,
+    },
     /// Show what is installed and whether containerd knows the runtime.
     Status,
 }
@@ -88,27 +96,36 @@ fn run(cli: Cli) -> Result<bool> {
             .context("could not find this program's own path")?
             .with_file_name(SHIM_NAME),
     };
-    let options = Options {
-        node_root: NodeRoot::new(cli.host_root),
-        overrides: Overrides {
-            config: cli.config,
-            containerd: cli.containerd_bin,
-            socket: cli.socket,
-            unit: cli.restart_unit,
-        },
-        shim,
-        install_dir: cli.install_dir,
-        runtime_name: cli.runtime_name,
-        restart_command: cli.restart_command,
-        health_timeout: Duration::from_secs(cli.health_timeout),
-        node_name: cli.node_name,
-        dry_run: cli.dry_run,
-    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
+        // The client is made before anything runs: a missing Kubernetes
+        // configuration fails the run before the node changes.
+        let kube_node = match cli.node_name {
+            Some(name) => Some(KubeNode::connect(name).await?),
+            None => None,
+        };
+        let options = Options {
+            node_root: NodeRoot::new(cli.host_root),
+            overrides: Overrides {
+                config: cli.config,
+                containerd: cli.containerd_bin,
+                socket: cli.socket,
+                unit: cli.restart_unit,
+            },
+            shim,
+            install_dir: cli.install_dir,
+            runtime_name: cli.runtime_name,
+            restart_command: cli.restart_command,
+            health_timeout: Duration::from_secs(cli.health_timeout),
+            kube_node,
+            dry_run: cli.dry_run,
+        };
         match cli.command.unwrap_or(Command::Install) {
             Command::Install => install::install(&options).await.map(|()| true),
-            Command::Uninstall => install::uninstall(&options).await.map(|()| true),
+            Command::Uninstall { force } => {
+                let while_in_use = if force { WhileInUse::Proceed } else { WhileInUse::Refuse };
+                install::uninstall(&options, while_in_use).await.map(|()| true)
+            }
             Command::Status => install::status(&options).await,
         }
     })

@@ -28,6 +28,28 @@ const RBAC_HINT: &str = "the installer's ServiceAccount may not get/patch nodes:
      (ClusterRole with nodes get/patch, bound to the installer's ServiceAccount) and check that the \
      DaemonSet runs as that ServiceAccount";
 
+/// The Kubernetes Node the installer runs on, with the client that labels it.
+#[derive(Clone)]
+pub struct KubeNode {
+    pub name: String,
+    pub client: kube::Client,
+}
+
+impl KubeNode {
+    /// Node `name`, reached through [`client`]'s configuration. Nothing is
+    /// sent yet: a missing configuration fails here, before the node changes.
+    pub async fn connect(name: String) -> anyhow::Result<KubeNode> {
+        Ok(KubeNode { client: client().await?, name })
+    }
+}
+
+// `kube::Client` has no `Debug`; the name is what identifies the node.
+impl std::fmt::Debug for KubeNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeNode").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
 /// Adds READY_LABEL=READY_VALUE and VERSION_ANNOTATION=version to the node (a JSON merge patch on /api/v1/nodes/{name}).
 pub async fn mark_ready(client: &kube::Client, node: &str, version: &str) -> anyhow::Result<()> {
     let patch = json!({
@@ -133,151 +155,8 @@ fn explain(err: kube::Error, node: &str, doing: &str) -> anyhow::Error {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::{Bytes, Incoming};
-    use hyper::header::CONTENT_TYPE;
-    use hyper::service::service_fn;
-    use hyper::{Request, Response, StatusCode};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto;
-    use tokio::net::TcpListener;
-
     use super::*;
-
-    const NODE: &str = "wasm-node-1";
-
-    /// One request as the API server stand-in received it.
-    #[derive(Debug, Clone)]
-    struct Recorded {
-        method: String,
-        /// The path without the query string.
-        path: String,
-        content_type: Option<String>,
-        body: Vec<u8>,
-    }
-
-    /// A STAND-IN for the Kubernetes API server: there is no API server on this machine.
-    /// A real HTTP server (hyper; HTTP/1.1 or HTTP/2, any number of connections, any
-    /// body framing) on 127.0.0.1 that records every request and answers each with the
-    /// same status and JSON body.
-    struct ApiServerStandIn {
-        url: String,
-        requests: Arc<Mutex<Vec<Recorded>>>,
-        accepting: tokio::task::JoinHandle<()>,
-    }
-
-    /// What the stand-in answers, and where it records what it was asked.
-    #[derive(Clone)]
-    struct Answer {
-        status: StatusCode,
-        body: Bytes,
-        requests: Arc<Mutex<Vec<Recorded>>>,
-    }
-
-    impl ApiServerStandIn {
-        async fn start(status: u16, body: Value) -> ApiServerStandIn {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-            let url = format!("http://{}", listener.local_addr().expect("local address"));
-            let requests = Arc::new(Mutex::new(Vec::new()));
-            let answer = Answer {
-                status: StatusCode::from_u16(status).expect("an HTTP status"),
-                body: Bytes::from(body.to_string()),
-                requests: Arc::clone(&requests),
-            };
-            let accepting = tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    let answer = answer.clone();
-                    // One task per connection: connections are served side by side.
-                    tokio::spawn(async move {
-                        let service = service_fn(move |request| answer.clone().answer(request));
-                        // A connection the client breaks off just ends; the test then fails
-                        // on the answer it did not get.
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            });
-            ApiServerStandIn { url, requests, accepting }
-        }
-
-        fn client(&self) -> kube::Client {
-            let config = kube::Config::new(self.url.parse().expect("stand-in URL"));
-            kube::Client::try_from(config).expect("client for the API server stand-in")
-        }
-
-        fn requests(&self) -> Vec<Recorded> {
-            self.requests.lock().expect("requests lock").clone()
-        }
-    }
-
-    impl Drop for ApiServerStandIn {
-        fn drop(&mut self) {
-            self.accepting.abort();
-        }
-    }
-
-    impl Answer {
-        /// Reads the whole request (whatever its framing), records it, then answers.
-        async fn answer(self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
-            let (parts, body) = request.into_parts();
-            let body = body.collect().await?.to_bytes().to_vec();
-            let content_type =
-                parts.headers.get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            // Recorded before the answer goes out, so a test that got its
-            // response always finds the request here.
-            self.requests.lock().expect("requests lock").push(Recorded {
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_string(),
-                content_type,
-                body,
-            });
-            let mut response = Response::new(Full::new(self.body));
-            *response.status_mut() = self.status;
-            response.headers_mut().insert(CONTENT_TYPE, "application/json".parse().expect("a header value"));
-            Ok(response)
-        }
-    }
-
-    fn node_json(labels: Value, annotations: Value) -> Value {
-        json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": { "name": NODE, "labels": labels, "annotations": annotations },
-        })
-    }
-
-    fn status_json(code: u16, reason: &str, message: &str) -> Value {
-        json!({
-            "apiVersion": "v1",
-            "kind": "Status",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "details": { "name": NODE, "kind": "nodes" },
-            "code": code,
-        })
-    }
-
-    fn only_request(server: &ApiServerStandIn) -> Recorded {
-        let requests = server.requests();
-        assert_eq!(requests.len(), 1, "expected exactly one request, got {requests:#?}");
-        requests[0].clone()
-    }
-
-    /// The server got exactly one request: a JSON merge patch of the test node whose
-    /// body is `expected`.
-    fn assert_only_a_merge_patch_of_the_node(server: &ApiServerStandIn, expected: Value) {
-        let request = only_request(server);
-        assert_eq!(request.method, "PATCH");
-        assert_eq!(request.path, "/api/v1/nodes/wasm-node-1");
-        assert_eq!(request.content_type.as_deref(), Some("application/merge-patch+json"));
-        let body: Value = serde_json::from_slice(&request.body).expect("JSON body");
-        assert_eq!(body, expected);
-    }
+    use crate::api_server_stand_in::*;
 
     #[tokio::test]
     async fn mark_ready_merge_patches_exactly_the_label_and_the_version_annotation() {

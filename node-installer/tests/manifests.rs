@@ -1,7 +1,8 @@
 //! Offline checks of the Kubernetes manifests that deploy wasmtime-custom:
-//! the node installer's kustomization (`node-installer/deploy`), the
-//! `RuntimeClass.yaml` at the workspace root and the example pod under
-//! `node-installer/deploy/examples`.
+//! the node installer's kustomizations (`node-installer/deploy` installs,
+//! `node-installer/deploy/uninstall` uninstalls; both from
+//! `node-installer/deploy/base`), the `RuntimeClass.yaml` at the workspace
+//! root and the example pod under `node-installer/deploy/examples`.
 //!
 //! No cluster is contacted. The tests need two tools on `PATH`, and fail (they
 //! do not skip) when either is missing:
@@ -20,7 +21,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::api::core::v1::{Container, Toleration};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -34,16 +35,19 @@ use yaml_serde::Value;
 const K8S_VERSION: &str = "1.31.0";
 
 #[test]
-fn kustomization_renders() {
-    let documents = documents(rendered());
-    for kind in
-        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "PriorityClass", "DaemonSet"]
-    {
-        assert!(
-            documents.iter().any(|doc| doc["kind"].as_str() == Some(kind)),
-            "`kubectl kustomize node-installer/deploy` renders no {kind}: \
-             add its file to the `resources:` of node-installer/deploy/kustomization.yaml"
-        );
+fn kustomizations_render() {
+    for overlay in [Overlay::Install, Overlay::Uninstall] {
+        let documents = documents(overlay.rendered());
+        for kind in
+            ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "PriorityClass", "DaemonSet"]
+        {
+            assert!(
+                documents.iter().any(|doc| doc["kind"].as_str() == Some(kind)),
+                "`kubectl kustomize {}` renders no {kind}: \
+                 add its file to the `resources:` of node-installer/deploy/base/kustomization.yaml",
+                overlay.dir()
+            );
+        }
     }
 }
 
@@ -52,11 +56,13 @@ fn manifests_are_valid_kubernetes_objects() {
     let root = workspace_root();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("manifests");
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    let rendered_file = dir.join("node-installer.yaml");
-    fs::write(&rendered_file, rendered())
-        .unwrap_or_else(|e| panic!("cannot write {}: {e}", rendered_file.display()));
-
-    let files = [rendered_file, root.join("RuntimeClass.yaml"), root.join(EXAMPLE_POD)];
+    let mut files = vec![root.join("RuntimeClass.yaml"), root.join(EXAMPLE_POD)];
+    for (overlay, name) in [(Overlay::Install, "install.yaml"), (Overlay::Uninstall, "uninstall.yaml")] {
+        let rendered_file = dir.join(name);
+        fs::write(&rendered_file, overlay.rendered())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", rendered_file.display()));
+        files.push(rendered_file);
+    }
     let output = run(Command::new("kubernetes-validate").args(["--strict", "-k", K8S_VERSION]).args(&files));
     assert!(
         output.status.success(),
@@ -99,7 +105,7 @@ fn runtime_class_selects_only_ready_wasm_nodes() {
 
 #[test]
 fn daemonset_installs_through_the_host_root() {
-    let daemonset: DaemonSet = document(rendered());
+    let daemonset: DaemonSet = document(Overlay::Install.rendered());
     let spec = daemonset.spec.expect("the DaemonSet has no spec");
     let pod = spec.template.spec.expect("the DaemonSet's pod template has no spec");
 
@@ -152,8 +158,65 @@ fn daemonset_installs_through_the_host_root() {
 }
 
 #[test]
+fn uninstall_is_the_install_daemonset_running_uninstall_without_force() {
+    let install = documents(Overlay::Install.rendered());
+    let uninstall = documents(Overlay::Uninstall.rendered());
+    // The same objects: applied over an install, the overlay changes the
+    // DaemonSet in place (a rolling update, node by node) rather than adding
+    // a second one; `kubectl delete -k` of it then removes everything.
+    let identities = |documents: &[Value]| -> Vec<String> {
+        documents
+            .iter()
+            .map(|doc| {
+                let metadata = &doc["metadata"];
+                let namespace = metadata["namespace"].as_str().unwrap_or("");
+                format!(
+                    "{}/{namespace}/{}",
+                    doc["kind"].as_str().unwrap_or(""),
+                    metadata["name"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    assert_eq!(identities(&uninstall), identities(&install));
+
+    let install: DaemonSet = document(Overlay::Install.rendered());
+    let mut uninstall: DaemonSet = document(Overlay::Uninstall.rendered());
+    // Refuses, naming them, while Wasm pods still run: the kubelet retries
+    // until they are gone. `--force` is the operator's call, not a default.
+    let args = installer(&mut uninstall).args.take().unwrap_or_default();
+    assert_eq!(args, ["uninstall", "--host-root", "/mnt/node-root"]);
+    // Everything else as the install has it: image, privileges, hostPID,
+    // the node root, NODE_NAME, tolerations, one node at a time, and the
+    // pause container that keeps the pod Running once the init container succeeded.
+    let mut expected = install.clone();
+    installer(&mut expected).args = None;
+    assert_eq!(uninstall, expected, "the uninstall DaemonSet differs from the install one beyond its args");
+}
+
+#[test]
+fn a_daemonset_pod_stays_running_after_its_run_instead_of_crash_looping() {
+    for overlay in [Overlay::Install, Overlay::Uninstall] {
+        let daemonset: DaemonSet = document(overlay.rendered());
+        let pod = daemonset.spec.and_then(|spec| spec.template.spec).expect("the DaemonSet has a pod spec");
+        // A DaemonSet's pods always restart: a main container that exited
+        // after the install or uninstall would crash-loop.
+        assert!(matches!(pod.restart_policy.as_deref(), None | Some("Always")));
+        let [main] = &pod.containers[..] else {
+            panic!("{}: the pod should have one main container, pause", overlay.dir());
+        };
+        assert!(
+            main.image.as_deref().is_some_and(|image| image.starts_with("registry.k8s.io/pause:")),
+            "{}: the main container must be pause, which runs until the pod is deleted",
+            overlay.dir()
+        );
+        assert!(main.command.is_none() && main.args.is_none(), "pause runs as its image says");
+    }
+}
+
+#[test]
 fn installer_may_only_get_and_patch_nodes() {
-    let role: ClusterRole = document(rendered());
+    let role: ClusterRole = document(Overlay::Install.rendered());
     let rules = role.rules.unwrap_or_default();
     assert_eq!(rules.len(), 1, "the ClusterRole must hold a single rule, on nodes");
     assert_eq!(rules[0].api_groups.as_deref(), Some(&[String::new()][..]), "nodes are in the core API group");
@@ -179,20 +242,42 @@ fn run(command: &mut Command) -> Output {
     tool::output(command).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// `kubectl kustomize node-installer/deploy`, rendered once per test run.
-fn rendered() -> &'static str {
-    static RENDERED: OnceLock<String> = OnceLock::new();
-    RENDERED.get_or_init(|| {
-        let dir = workspace_root().join("node-installer/deploy");
-        let output = run(Command::new("kubectl").arg("kustomize").arg(&dir));
-        assert!(
-            output.status.success(),
-            "`kubectl kustomize {}` failed; fix the kustomization:\n{}",
-            dir.display(),
-            tool::describe(&output)
-        );
-        String::from_utf8(output.stdout).expect("kubectl kustomize prints UTF-8")
-    })
+/// The node installer's two kustomizations.
+#[derive(Debug, Clone, Copy)]
+enum Overlay {
+    Install,
+    Uninstall,
+}
+
+impl Overlay {
+    /// Its folder, from the workspace root.
+    fn dir(self) -> &'static str {
+        match self {
+            Overlay::Install => "node-installer/deploy",
+            Overlay::Uninstall => "node-installer/deploy/uninstall",
+        }
+    }
+
+    /// `kubectl kustomize` of it, rendered once per test run.
+    fn rendered(self) -> &'static str {
+        static INSTALL: OnceLock<String> = OnceLock::new();
+        static UNINSTALL: OnceLock<String> = OnceLock::new();
+        let cell = match self {
+            Overlay::Install => &INSTALL,
+            Overlay::Uninstall => &UNINSTALL,
+        };
+        cell.get_or_init(|| {
+            let dir = workspace_root().join(self.dir());
+            let output = run(Command::new("kubectl").arg("kustomize").arg(&dir));
+            assert!(
+                output.status.success(),
+                "`kubectl kustomize {}` failed; fix the kustomization:\n{}",
+                dir.display(),
+                tool::describe(&output)
+            );
+            String::from_utf8(output.stdout).expect("kubectl kustomize prints UTF-8")
+        })
+    }
 }
 
 /// The documents of a multi-document YAML stream (empty ones left out).
@@ -219,6 +304,13 @@ fn document<K: k8s_openapi::Resource + DeserializeOwned>(stream: &str) -> K {
 fn typed<K: k8s_openapi::Resource + DeserializeOwned>(value: Value, source: &str) -> K {
     yaml_serde::from_value(value)
         .unwrap_or_else(|e| panic!("the {} of {source} does not read as one: {e}", K::KIND))
+}
+
+/// The DaemonSet's init container `installer`.
+fn installer(daemonset: &mut DaemonSet) -> &mut Container {
+    let pod = daemonset.spec.as_mut().and_then(|spec| spec.template.spec.as_mut());
+    let init = pod.and_then(|pod| pod.init_containers.as_mut()).expect("the DaemonSet has init containers");
+    init.iter_mut().find(|c| c.name == "installer").expect("the DaemonSet has no init container `installer`")
 }
 
 /// Whether `tolerations` tolerate the dedicated wasm pool's taint,
