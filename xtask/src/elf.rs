@@ -81,15 +81,16 @@ pub fn runtime_files(binary: &Path) -> Result<Vec<(String, PathBuf)>> {
         if !seen.insert(soname.clone()) {
             continue;
         }
-        let source = search.iter().map(|dir| dir.join(&soname)).find(|path| path.is_file()).with_context(|| {
-            format!(
-                "{} needs {soname}, which is not in {} or {} (for arm64: apt-get install {}:arm64)",
-                binary.display(),
-                search[0].display(),
-                search[1].display(),
-                debian_package(&soname)
-            )
-        })?;
+        let source =
+            search.iter().map(|dir| dir.join(&soname)).find(|path| path.is_file()).with_context(|| {
+                format!(
+                    "{} needs {soname}, which is not in {} or {} (for arm64: apt-get install {}:arm64)",
+                    binary.display(),
+                    search[0].display(),
+                    search[1].display(),
+                    debian_package(&soname)
+                )
+            })?;
         let library = read(&source)?;
         if library.arch != needs.arch {
             bail!("{} is {} but {} is {}", source.display(), library.arch, binary.display(), needs.arch);

@@ -28,8 +28,7 @@ mod elf;
 mod guests;
 mod oci;
 
-const USAGE: &str =
-    "usage: cargo xtask images [--out DIR] | cargo xtask installer-image [--out DIR] | cargo xtask dist [--out DIR]";
+const USAGE: &str = "usage: cargo xtask images [--out DIR] | cargo xtask installer-image [--out DIR] | cargo xtask dist [--out DIR]";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -98,7 +97,12 @@ fn images(root: &Path, out: &Path) -> Result<()> {
             kind: Kind::PlainAllNodes,
             wasm: app.clone(),
         },
-        Image { file: "app-wasm.tar", name: "localhost/wasmtime-custom/app:wasm", kind: Kind::WasmLayer, wasm: app },
+        Image {
+            file: "app-wasm.tar",
+            name: "localhost/wasmtime-custom/app:wasm",
+            kind: Kind::WasmLayer,
+            wasm: app,
+        },
         plain("test-http.tar", "localhost/wasmtime-custom/test-http:latest", test_http),
         plain("test-command.tar", "localhost/wasmtime-custom/test-command:latest", test_command),
         plain("test-module.tar", "localhost/wasmtime-custom/test-module:latest", guests::core_module()?),
@@ -194,7 +198,9 @@ struct NodeBuild {
 fn build_for_nodes(root: &Path) -> Result<Vec<NodeBuild>> {
     let host = oci_arch()?;
     let mut builds = Vec::new();
-    for (arch, triple) in [(Arch::Amd64, "x86_64-unknown-linux-gnu"), (Arch::ARM64, "aarch64-unknown-linux-gnu")] {
+    for (arch, triple) in
+        [(Arch::Amd64, "x86_64-unknown-linux-gnu"), (Arch::ARM64, "aarch64-unknown-linux-gnu")]
+    {
         let dir = if arch == host {
             cargo(root, &["build", "--release", "--workspace"])?;
             target_dir(root).join("release")
@@ -227,7 +233,8 @@ fn dist(root: &Path, out: &Path) -> Result<()> {
                 .with_context(|| format!("could not copy {binary} to {}", target.display()))?;
             let needs = elf::read(&target)?;
             let size = std::fs::metadata(&target)?.len();
-            let glibc = needs.glibc.map_or("none".to_string(), |(major, minor)| format!("GLIBC_{major}.{minor}"));
+            let glibc =
+                needs.glibc.map_or("none".to_string(), |(major, minor)| format!("GLIBC_{major}.{minor}"));
             println!(
                 "{}  {}  {size} bytes  needs {} (glibc up to {glibc})",
                 target.display(),
