@@ -12,20 +12,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest, CreateContainerRequest,
-    ImageSpec, KeyValue, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    ContainerState, ContainerStatusRequest, PodSandboxConfig, PodSandboxStatusRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use node_installer::cri::{self, RuntimeClient};
 use support::dapr_recorder::DaprRecorder;
 use support::http;
+use support::kubelet::{HANDLER, container_config, image, run_pod, start_container};
 use testbed::{FakeNode, InstalledNode, Paths, Version, poll};
 
 mod support;
 
-const HANDLER: &str = "wasmtime-custom";
 const APP: &str = "localhost/wasmtime-custom/app:latest";
 const TEST_HTTP: &str = "localhost/wasmtime-custom/test-http:latest";
 const BUSYBOX: &str = "localhost/wasmtime-custom/busybox:latest";
@@ -39,96 +36,6 @@ fn installed_node(version: Version) -> Result<InstalledNode> {
         installed.containerd.import_into("k8s.io", archive, &[])?;
     }
     Ok(installed)
-}
-
-fn sandbox_config(name: &str, logs: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(kubelet_namespaces()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// What the kubelet asks for a pod without `shareProcessNamespace`: network
-/// and IPC shared by the pod, a PID namespace per container.
-fn kubelet_namespaces() -> NamespaceOption {
-    NamespaceOption {
-        network: NamespaceMode::Pod as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, image: &str, env: &[(&str, String)], command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(ImageSpec { image: image.into(), ..Default::default() }),
-        command: command.iter().map(|c| c.to_string()).collect(),
-        envs: env.iter().map(|(k, v)| KeyValue { key: k.to_string(), value: v.clone() }).collect(),
-        log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(kubelet_namespaces()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// `RunPodSandbox` of pod `name` with runtime handler wasmtime-custom, its
-/// containers logging under `logs`; the pod's id and config.
-async fn run_pod(client: &mut RuntimeClient, name: &str, logs: &Path) -> Result<(String, PodSandboxConfig)> {
-    let sandbox = sandbox_config(name, logs);
-    let pod = client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: HANDLER.into(),
-        })
-        .await
-        .context("RunPodSandbox")?
-        .into_inner()
-        .pod_sandbox_id;
-    Ok((pod, sandbox))
-}
-
-async fn start_container(
-    client: &mut RuntimeClient,
-    pod: &str,
-    sandbox: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> Result<String> {
-    let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-    let id = client
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .with_context(|| format!("CreateContainer {name}"))?
-        .into_inner()
-        .container_id;
-    client
-        .start_container(StartContainerRequest { container_id: id.clone() })
-        .await
-        .with_context(|| format!("StartContainer {name}"))?;
-    Ok(id)
 }
 
 /// Waits for the container to exit; its exit code.
@@ -164,7 +71,7 @@ async fn sleeping_container(
     ms: u64,
 ) -> Result<(String, std::thread::JoinHandle<Result<http::Reply>>)> {
     let listen = format!("0.0.0.0:{port}");
-    let config = container_config(name, TEST_HTTP, &[("WASMTIME_CUSTOM_LISTEN", listen)], &[]);
+    let config = container_config(name, image(TEST_HTTP), &[("WASMTIME_CUSTOM_LISTEN", listen)], &[]);
     let id = start_container(client, pod.pod, pod.sandbox, config).await?;
     wait_listening(pod.ip, port).await?;
     let url = format!("http://{}:{port}/sleep?ms={ms}", pod.ip);
@@ -235,7 +142,7 @@ async fn drive(version: Version, node: &FakeNode) -> Result<()> {
 
     // The pod sandbox, run by the wasmtime-custom shim (its pause container is Linux).
     let logs = tempfile::tempdir()?;
-    let (pod, sandbox) = run_pod(&mut client, "wasm-pod", logs.path()).await?;
+    let (pod, sandbox) = run_pod(&mut client, "default", "wasm-pod", logs.path()).await?;
     let status = client
         .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
         .await?
@@ -254,7 +161,7 @@ async fn drive(version: Version, node: &FakeNode) -> Result<()> {
         &sandbox,
         container_config(
             "app",
-            APP,
+            image(APP),
             &[("WASMTIME_CUSTOM_LISTEN", "0.0.0.0:8080".into()), ("DAPR_URL", dapr.url())],
             &[],
         ),
@@ -282,7 +189,7 @@ async fn drive(version: Version, node: &FakeNode) -> Result<()> {
         &sandbox,
         container_config(
             "sidecar",
-            BUSYBOX,
+            image(BUSYBOX),
             &[],
             &["/bin/busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:8080/healthz"],
         ),
@@ -369,8 +276,8 @@ async fn stop_container_ends_a_sleeping_command_at_once_with_143_on_containerd_1
         let mut client = cri::connect(&socket).await?;
         cri::wait_healthy(&socket, Some(HANDLER), Duration::from_secs(30)).await?;
         let logs = tempfile::tempdir()?;
-        let (pod, sandbox) = run_pod(&mut client, "command-pod", logs.path()).await?;
-        let config = container_config("sleeper", TEST_COMMAND, &[], &["/app.wasm", "sleep", "600000"]);
+        let (pod, sandbox) = run_pod(&mut client, "default", "command-pod", logs.path()).await?;
+        let config = container_config("sleeper", image(TEST_COMMAND), &[], &["/app.wasm", "sleep", "600000"]);
         let sleeper = start_container(&mut client, &pod, &sandbox, config).await?;
         let log = logs.path().join("sleeper.log");
         wait_for_log_line(&log, " stdout F sleeping 600000 ms").await?;

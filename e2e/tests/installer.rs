@@ -12,15 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, KeyValue, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
-};
 use node_installer::cri::{self, RuntimeClient};
-use support::http;
+use support::{http, kubelet};
 use testbed::paths::SHIM;
 use testbed::{Containerd, FakeNode, InstalledNode, Paths, RUNC, Run, Version, free_port, poll};
 
@@ -439,16 +432,6 @@ fn an_upgrade_swaps_the_shim_under_a_serving_container_and_the_next_one_runs_the
     Ok(())
 }
 
-/// What the kubelet asks for a pod without `shareProcessNamespace`.
-fn kubelet_namespaces() -> NamespaceOption {
-    NamespaceOption {
-        network: NamespaceMode::Pod as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
-
 /// Runs pod `namespace/name` on the wasmtime-custom handler, as the kubelet
 /// would over CRI, with one test-http container `http` serving on port
 /// 8080 of the pod's IP; the pod's id and IP once it serves.
@@ -458,66 +441,15 @@ async fn run_wasm_pod(
     name: &str,
     logs: &Path,
 ) -> Result<(String, String)> {
-    let sandbox = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: namespace.into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(kubelet_namespaces()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let pod = client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: "wasmtime-custom".into(),
-        })
-        .await
-        .context("RunPodSandbox")?
-        .into_inner()
-        .pod_sandbox_id;
-    let container = ContainerConfig {
-        metadata: Some(ContainerMetadata { name: "http".into(), attempt: 0 }),
-        image: Some(ImageSpec { image: TEST_HTTP.into(), ..Default::default() }),
-        envs: vec![KeyValue { key: "WASMTIME_CUSTOM_LISTEN".into(), value: "0.0.0.0:8080".into() }],
-        log_path: "http.log".into(),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(kubelet_namespaces()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let id = client
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container),
-            sandbox_config: Some(sandbox),
-        })
-        .await
-        .context("CreateContainer")?
-        .into_inner()
-        .container_id;
-    client.start_container(StartContainerRequest { container_id: id }).await.context("StartContainer")?;
-    let ip = client
-        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
-        .await?
-        .into_inner()
-        .status
-        .and_then(|status| status.network)
-        .context("the pod has no network status")?
-        .ip;
+    let (pod, sandbox) = kubelet::run_pod(client, namespace, name, logs).await?;
+    let config = kubelet::container_config(
+        "http",
+        kubelet::image(TEST_HTTP),
+        &[("WASMTIME_CUSTOM_LISTEN", "0.0.0.0:8080".into())],
+        &[],
+    );
+    kubelet::start_container(client, &pod, &sandbox, config).await?;
+    let ip = kubelet::pod_ip(client, &pod).await?;
     poll::until_async(&format!("the pod to serve on {ip}:8080"), Duration::from_secs(30), async || {
         Ok(tokio::net::TcpStream::connect((ip.as_str(), 8080)).await.ok().map(drop))
     })
@@ -525,44 +457,13 @@ async fn run_wasm_pod(
     Ok((pod, ip))
 }
 
-/// Stops and removes the pod and its containers, as the kubelet does when
-/// the pod is deleted.
-async fn delete_pod(client: &mut RuntimeClient, pod: &str) -> Result<()> {
-    let containers = client
-        .list_containers(k8s_cri::v1::ListContainersRequest {
-            filter: Some(k8s_cri::v1::ContainerFilter { pod_sandbox_id: pod.into(), ..Default::default() }),
-        })
-        .await?
-        .into_inner()
-        .containers;
-    for container in containers {
-        client
-            .stop_container(StopContainerRequest { container_id: container.id.clone(), timeout: 10 })
-            .await?;
-        client.remove_container(RemoveContainerRequest { container_id: container.id }).await?;
-    }
-    client.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.into() }).await?;
-    client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.into() }).await?;
-    Ok(())
-}
-
 /// `uninstall ARGS` on the installed node, as `InstalledNode` installed it
 /// (the installer on this host, with the node's real paths).
 fn run_uninstall(installed: &InstalledNode, args: &[&str]) -> Result<Output> {
-    let node = &installed.node;
-    std::process::Command::new(Paths::from_env()?.installer()?)
-        .arg("uninstall")
+    installed
+        .installer(&Paths::from_env()?, "uninstall")?
         .args(args)
-        .arg("--config")
-        .arg(node.config())
-        .arg("--containerd-bin")
-        .arg(node.root().join("usr/bin/containerd"))
-        .arg("--socket")
-        .arg(node.socket())
-        .arg("--install-dir")
-        .arg(node.bin_dir())
-        .args(["--restart-command", &installed.containerd.restart_command(), "--health-timeout", "30"])
-        .env_remove("NODE_NAME")
+        .args(["--health-timeout", "30"])
         .output()
         .context("run the installer")
 }
@@ -653,7 +554,7 @@ async fn refuse_then_finish(node: &NodeWithPod) -> Result<()> {
 
     // The pod is deleted (the kubelet's calls); uninstall then finishes.
     let socket = node.installed.node.socket();
-    delete_pod(&mut cri::connect(&socket).await?, &node.pod).await?;
+    kubelet::delete_pod(&mut cri::connect(&socket).await?, &node.pod).await?;
     let done = poll::until_ok("uninstall to find nothing running", Duration::from_secs(30), || {
         let run = run_uninstall(&node.installed, &[])?;
         Ok(run.status.success().then_some(run))
@@ -694,7 +595,7 @@ async fn force(node: &NodeWithPod) -> Result<()> {
     assert!(node.shim().exists(), "the shim stays while a pod runs it");
     node.serves()?;
     println!("uninstall --force under a running pod:\n{out}");
-    delete_pod(&mut cri::connect(&node.installed.node.socket()).await?, &node.pod).await?;
+    kubelet::delete_pod(&mut cri::connect(&node.installed.node.socket()).await?, &node.pod).await?;
     remove_forgotten_shims(node)
 }
 

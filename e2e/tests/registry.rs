@@ -6,29 +6,23 @@
 //! image, the second reusing the artifact the shim precompiled for the
 //! first. On containerd 1.7 and 2.1.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, ImageStatusRequest, KeyValue,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    ImageSpec, ImageStatusRequest, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    StopContainerRequest, StopPodSandboxRequest,
 };
 use node_installer::cri::{self, RuntimeClient};
 use serde_json::Value;
-use support::http;
+use support::{http, kubelet};
 use testbed::{Containerd, InstalledNode, Paths, Registry, Version, poll, tool};
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 mod support;
 
-const HANDLER: &str = "wasmtime-custom";
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// The label the shim puts on a wasm layer's content, naming its artifact.
@@ -81,17 +75,7 @@ fn host_architecture() -> &'static str {
 
 /// containerd's CRI image service on `socket` (the kubelet's second client).
 async fn image_client(socket: &Path) -> Result<ImageClient> {
-    let path: PathBuf = socket.to_path_buf();
-    // The URI is required by tonic but unused: the connector dials the socket.
-    let channel = Endpoint::try_from("http://[::]:0")?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .with_context(|| format!("connect to containerd's socket {}", socket.display()))?;
-    Ok(ImageServiceClient::new(channel))
+    Ok(ImageServiceClient::new(cri::channel(socket).await?))
 }
 
 /// The descriptor an OCI archive's `index.json` names: its media type and
@@ -267,37 +251,6 @@ fn arm64_node_resolves(
     Ok(())
 }
 
-fn sandbox_config(name: &str, logs: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(kubelet_namespaces()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// What the kubelet asks for a pod without `shareProcessNamespace`.
-fn kubelet_namespaces() -> NamespaceOption {
-    NamespaceOption {
-        network: NamespaceMode::Pod as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
-
 /// A pod with one container, `app`, and the pod's IP.
 struct Pod {
     id: String,
@@ -314,24 +267,8 @@ async fn run_app_pod(
     reference: &str,
     logs: &Path,
 ) -> Result<Pod> {
-    let sandbox = sandbox_config(name, logs);
-    let id = runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: HANDLER.into(),
-        })
-        .await
-        .with_context(|| format!("RunPodSandbox {name}"))?
-        .into_inner()
-        .pod_sandbox_id;
-    let ip = runtime
-        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false })
-        .await?
-        .into_inner()
-        .status
-        .and_then(|s| s.network)
-        .context("the pod has no network status")?
-        .ip;
+    let (id, sandbox) = kubelet::run_pod(runtime, "default", name, logs).await?;
+    let ip = kubelet::pod_ip(runtime, &id).await?;
     // The kubelet's IfNotPresent: ImageStatus finds the pulled image, and
     // the container is created from its id, with the user's reference beside it.
     let spec = ImageSpec { image: reference.into(), ..Default::default() };
@@ -343,38 +280,12 @@ async fn run_app_pod(
         .image
         .with_context(|| format!("{reference} is not on the node"))?
         .id;
-    let config = ContainerConfig {
-        metadata: Some(ContainerMetadata { name: "app".into(), attempt: 0 }),
-        image: Some(ImageSpec {
-            image: image_id,
-            user_specified_image: reference.into(),
-            ..Default::default()
-        }),
-        envs: vec![KeyValue { key: "WASMTIME_CUSTOM_LISTEN".into(), value: "0.0.0.0:8080".into() }],
-        log_path: format!("{name}-app.log"),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(kubelet_namespaces()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let container = runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: id.clone(),
-            config: Some(config),
-            sandbox_config: Some(sandbox),
-        })
-        .await
-        .with_context(|| format!("CreateContainer app in {name}"))?
-        .into_inner()
-        .container_id;
-    runtime
-        .start_container(StartContainerRequest { container_id: container.clone() })
-        .await
-        .with_context(|| format!("StartContainer app in {name}"))?;
+    let image = ImageSpec { image: image_id, user_specified_image: reference.into(), ..Default::default() };
+    let mut config =
+        kubelet::container_config("app", image, &[("WASMTIME_CUSTOM_LISTEN", "0.0.0.0:8080".into())], &[]);
+    // Both pods log into one folder.
+    config.log_path = format!("{name}-app.log");
+    let container = kubelet::start_container(runtime, &id, &sandbox, config).await?;
     Ok(Pod { id, container, ip })
 }
 
@@ -446,7 +357,7 @@ async fn drive(
 ) -> Result<Vec<String>> {
     let socket = installed.node.socket();
     let mut runtime = cri::connect(&socket).await?;
-    cri::wait_healthy(&socket, Some(HANDLER), Duration::from_secs(30)).await?;
+    cri::wait_healthy(&socket, Some(kubelet::HANDLER), Duration::from_secs(30)).await?;
     let mut images = image_client(&socket).await?;
     let containerd = &installed.containerd;
 

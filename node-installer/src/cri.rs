@@ -20,6 +20,12 @@ pub type RuntimeClient = RuntimeServiceClient<Channel>;
 
 /// Connects to the CRI gRPC service on `socket` (containerd's main socket).
 pub async fn connect(socket: &Path) -> Result<RuntimeClient> {
+    Ok(RuntimeServiceClient::new(channel(socket).await?))
+}
+
+/// A gRPC channel to containerd's socket, for any CRI service (runtime,
+/// image).
+pub async fn channel(socket: &Path) -> Result<Channel> {
     let path: PathBuf = socket.to_path_buf();
     // The URI is required by tonic but unused: the connector dials the socket.
     let channel = Endpoint::try_from("http://[::]:0")?
@@ -30,7 +36,7 @@ pub async fn connect(socket: &Path) -> Result<RuntimeClient> {
         }))
         .await
         .with_context(|| format!("could not connect to containerd's socket {}", socket.display()))?;
-    Ok(RuntimeServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// What CRI's `Status` says about the runtime.

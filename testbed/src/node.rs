@@ -214,24 +214,36 @@ impl InstalledNode {
     pub fn start(paths: &Paths, version: Version) -> Result<InstalledNode> {
         let node = FakeNode::new(paths, version)?;
         let containerd = node.start_containerd(paths)?;
-        let mut install = Command::new(paths.installer()?);
-        install
-            .arg("install")
-            .arg("--config")
-            .arg(node.config())
-            .arg("--containerd-bin")
-            .arg(node.root().join("usr/bin/containerd"))
-            .arg("--socket")
-            .arg(node.socket())
-            .arg("--install-dir")
-            .arg(node.bin_dir())
-            .args(["--restart-command", &containerd.restart_command()])
-            .arg("--shim")
-            .arg(paths.shim()?)
-            .env_remove("NODE_NAME");
+        let mut install = installer(paths, &node, &containerd, "install")?;
+        install.arg("--shim").arg(paths.shim()?);
         tool::stdout(&mut install).context("the node installer failed on the fake node")?;
         Ok(InstalledNode { containerd, node })
     }
+
+    /// The node installer's `subcommand` for this node, as `start` runs it
+    /// (more arguments may follow).
+    pub fn installer(&self, paths: &Paths, subcommand: &str) -> Result<Command> {
+        installer(paths, &self.node, &self.containerd, subcommand)
+    }
+}
+
+/// The node installer's `subcommand` on this host with `node`'s real paths,
+/// restarting `containerd` with its own launcher; not labelling any node.
+fn installer(paths: &Paths, node: &FakeNode, containerd: &Containerd, subcommand: &str) -> Result<Command> {
+    let mut command = Command::new(paths.installer()?);
+    command
+        .arg(subcommand)
+        .arg("--config")
+        .arg(node.config())
+        .arg("--containerd-bin")
+        .arg(node.root().join("usr/bin/containerd"))
+        .arg("--socket")
+        .arg(node.socket())
+        .arg("--install-dir")
+        .arg(node.bin_dir())
+        .args(["--restart-command", &containerd.restart_command()])
+        .env_remove("NODE_NAME");
+    Ok(command)
 }
 
 /// The shared libraries `binary` loads, as `ldd` resolves them (none for a
