@@ -12,6 +12,7 @@ use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use support::dapr_recorder::DaprRecorder;
 use support::http;
@@ -275,13 +276,22 @@ fn chunked_post(port: u16, path: &str, length: usize) -> Result<u16> {
     status.parse().with_context(|| format!("status in {answer:?}"))
 }
 
+/// An HTTP/1.1 client on one connection (kept alive), driven by a task.
+async fn client(stream: tokio::net::TcpStream) -> Result<SendRequest<Empty<Bytes>>> {
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// `GET path` with no body.
+fn get(path: &str) -> Result<Request<Empty<Bytes>>> {
+    Ok(Request::get(path).header("host", "127.0.0.1").body(Empty::new())?)
+}
+
 /// One request on a connection of its own; the status and body, or why
 /// none came.
 async fn one_request(stream: tokio::net::TcpStream, path: &str) -> Result<(u16, String)> {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let request = Request::get(path).header("host", "127.0.0.1").body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
+    let response = client(stream).await?.send_request(get(path)?).await?;
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
@@ -355,12 +365,9 @@ fn more_connections_than_descriptors_each_get_an_answer() -> Result<()> {
 /// Keeps sending on one connection, made before the signal, until an
 /// answer says `Connection: close`; fails on any request that gets no answer.
 async fn until_closed(port: u16) -> Result<u32> {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
+    let mut sender = client(tokio::net::TcpStream::connect(("127.0.0.1", port)).await?).await?;
     for n in 1.. {
-        let request = Request::get("/").header("host", "127.0.0.1").body(Empty::<Bytes>::new())?;
-        let response = sender.send_request(request).await.with_context(|| format!("request {n} failed"))?;
+        let response = sender.send_request(get("/")?).await.with_context(|| format!("request {n} failed"))?;
         ensure!(response.status() == 200, "request {n} answered {}", response.status());
         let closing = response.headers().get("connection").is_some_and(|v| v == "close");
         response.into_body().collect().await.with_context(|| format!("body of request {n}"))?;
@@ -422,10 +429,7 @@ fn a_drain_under_load_fails_no_request_of_a_connection_made_before_it() -> Resul
 /// The status and `Connection` header of one request on a new connection.
 async fn new_connection_answer(port: u16) -> Result<(u16, Option<String>)> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let request = Request::get("/").header("host", "127.0.0.1").body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
+    let response = client(stream).await?.send_request(get("/")?).await?;
     let closing = response.headers().get("connection").and_then(|v| v.to_str().ok()).map(str::to_string);
     Ok((response.status().as_u16(), closing))
 }

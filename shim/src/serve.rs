@@ -442,7 +442,7 @@ impl Server {
         let mut response = match self.admit_and_run(&id, request, span.clone()).await {
             Ok(response) => response,
             Err(failure) => {
-                self.count(&failure);
+                count(&self.metrics, &failure);
                 failure.into_response(&id)
             }
         };
@@ -564,10 +564,6 @@ impl Server {
             },
             Err(_) => Err(Failure::Timeout(timeout)),
         }
-    }
-
-    fn count(&self, failure: &Failure) {
-        count(&self.metrics, failure);
     }
 }
 
