@@ -89,6 +89,10 @@ fn installs_restarts_serves_and_uninstalls(version: Version) -> Result<()> {
     assert_eq!(http::get(port, "/")?.status, 200);
     guest.signal("SIGTERM")?;
     assert_eq!(guest.wait(Duration::from_secs(30))?, 0);
+    // The plain image's Wasm was compiled once and kept in the node's cache.
+    assert!(guest.output().contains("kept in the node's compile cache"), "{}", guest.output());
+    let cache = node.root().join(testbed::node::COMPILE_CACHE);
+    assert_eq!(cache_entries(&cache)?, 1, "one compiled entry in {}", cache.display());
 
     // Second run: nothing changes, nothing restarts.
     let pid_installed = containerd.pid()?;
@@ -114,12 +118,20 @@ fn installs_restarts_serves_and_uninstalls(version: Version) -> Result<()> {
     assert!(removed.status.success(), "{}", text(&removed));
     assert_eq!(std::fs::read_to_string(node.config())?, node.original_config);
     assert!(!node.bin_dir().join("containerd-shim-wasmtime-custom-v1").exists());
+    assert!(text(&removed).contains("removed the compile cache"), "{}", text(&removed));
+    assert!(!node.root().join("var/lib/wasmtime-custom").exists(), "the cache and the state are gone");
     let leftovers: Vec<_> = std::fs::read_dir(node.root().join("etc/containerd"))?
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<std::io::Result<_>>()?;
     assert_eq!(leftovers, ["config.toml"], "uninstall leaves nothing of its own next to the config");
     containerd.ctr_ok(&["version"])?;
     Ok(())
+}
+
+/// The compiled entries in the shim's compile cache folder.
+fn cache_entries(cache: &std::path::Path) -> Result<usize> {
+    let names = std::fs::read_dir(cache)?.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()));
+    Ok(names.collect::<std::io::Result<Vec<_>>>()?.iter().filter(|n| n.ends_with(".cwasm")).count())
 }
 
 #[test]

@@ -24,6 +24,62 @@ fn wait_in_flight(guest: &testbed::Container<'_>) -> Result<()> {
 }
 
 #[test]
+fn plain_images_compile_once_per_node_then_start_from_the_cache_on_containerd_1_6() -> Result<()> {
+    let containerd = Containerd::start(Version::V1_6)?;
+    containerd.import("test-http.tar", &[])?;
+
+    // Four containers of a Wasm new to the node, started at once: one
+    // compiles it, the others wait for that compile and load its code.
+    let ports = (0..4).map(|_| free_port()).collect::<std::io::Result<Vec<_>>>()?;
+    let mut guests = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        guests.push(containerd.run(Run::new(TEST_HTTP, &format!("cache-{i}")).listen(*port))?);
+    }
+    for (guest, port) in guests.iter_mut().zip(&ports) {
+        guest.wait_listening(*port)?;
+        assert_eq!(http::get(*port, "/")?.status, 200);
+        guest.wait_for_line("compile cache", Duration::from_secs(10))?;
+    }
+    let said = |text: &str| guests.iter().filter(|guest| guest.output().contains(text)).count();
+    assert_eq!(said("kept in the node's compile cache for the next containers"), 1);
+    assert_eq!(said("loaded from the node's compile cache"), 3);
+    drop(guests);
+    let entries = cache_entries(&containerd)?;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+
+    // A damaged entry is found before it is loaded: discarded, compiled
+    // again, served.
+    let whole = std::fs::read(&entries[0])?;
+    let mut damaged = whole.clone();
+    damaged[whole.len() / 2] ^= 0x55;
+    std::fs::write(&entries[0], damaged)?;
+    let port = free_port()?;
+    let mut guest = containerd.run(Run::new(TEST_HTTP, "cache-damaged").listen(port))?;
+    guest.wait_listening(port)?;
+    assert_eq!(http::get(port, "/")?.status, 200);
+    guest.wait_for_line("kept in the node's compile cache", Duration::from_secs(10))?;
+    assert!(
+        guest.output().contains("discarded: its content does not match its checksum"),
+        "{}",
+        guest.output()
+    );
+    assert_eq!(std::fs::read(&entries[0])?, whole, "the entry is whole again");
+    Ok(())
+}
+
+/// The compiled entries in `containerd`'s compile cache.
+fn cache_entries(containerd: &Containerd) -> Result<Vec<std::path::PathBuf>> {
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(containerd.compile_cache())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "cwasm") {
+            entries.push(path);
+        }
+    }
+    Ok(entries)
+}
+
+#[test]
 fn app_serves_the_order_contract_on_containerd_1_6() -> Result<()> {
     let containerd = Containerd::start(Version::V1_6)?;
     containerd.import("app.tar", &[])?;

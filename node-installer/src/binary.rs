@@ -143,6 +143,25 @@ pub fn remove(node_root: &NodeRoot, binary: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// The shim's compile cache on the node (compiled code of plain images;
+/// the shim's default, unless containerd's environment names another).
+pub const COMPILE_CACHE: &str = "/var/lib/wasmtime-custom/cache";
+
+/// Removes the shim's compile cache; the bytes it held, `None` if there was
+/// none. Shims still running keep the entries they mapped (the files go
+/// when they exit).
+pub fn remove_compile_cache(node_root: &NodeRoot) -> Result<Option<u64>> {
+    let local = node_root.path(Path::new(COMPILE_CACHE));
+    let entries = match std::fs::read_dir(&local) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("could not read {COMPILE_CACHE}")),
+    };
+    let bytes = entries.filter_map(|entry| entry.ok()?.metadata().ok()).map(|meta| meta.len()).sum();
+    std::fs::remove_dir_all(&local).with_context(|| format!("could not remove {COMPILE_CACHE}"))?;
+    Ok(Some(bytes))
+}
+
 /// Pids of the shims that run `binary` (a node path), in ascending order:
 /// processes running the file there now, or one it replaced (an upgraded
 /// shim keeps running the old inode), leaving out those whose parent runs

@@ -279,6 +279,9 @@ pub async fn uninstall(options: &Options, while_in_use: WhileInUse) -> Result<()
     if binary::remove(node_root, &options.install_dir.join(SHIM_NAME))? {
         println!("removed {}", options.install_dir.join(SHIM_NAME).display());
     }
+    if let Some(bytes) = binary::remove_compile_cache(node_root)? {
+        println!("removed the compile cache {} ({:.1} MiB)", binary::COMPILE_CACHE, bytes as f64 / 1048576.0);
+    }
     state::remove(node_root)?;
     Ok(())
 }

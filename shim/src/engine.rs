@@ -5,6 +5,7 @@
 //! Also classifies what an image holds (HTTP component, command component,
 //! core module) with errors that say what is wrong with it.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -83,6 +84,18 @@ pub fn start_epoch_ticker(engine: &Engine) {
     });
 }
 
+/// Gives the memory the compiler freed back to the system. glibc keeps
+/// freed heap for reuse, and the compiler's working set (several times the
+/// Wasm's size) would otherwise stay in the container's resident memory
+/// for its whole life, although a server never compiles again.
+pub fn release_compile_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // takes glibc's own locks and is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What an image's Wasm turned out to be.
 pub enum Workload {
     /// A component exporting `wasi:http/incoming-handler`: served over HTTP.
@@ -93,28 +106,80 @@ pub enum Workload {
     Module(Module),
 }
 
+/// Compiled code, before it is known what it serves.
+pub enum Compiled {
+    Component(Component),
+    Module(Module),
+}
+
 /// Compiles (or, for `precompiled` bytes, loads) `bytes` and classifies it.
 /// `origin` names the file or layer in error messages.
 pub fn load(engine: &Engine, bytes: &[u8], precompiled: bool, origin: &str) -> Result<Workload> {
     if precompiled {
         return load_precompiled(engine, bytes, origin);
     }
+    let compiled = match kind(bytes, origin)? {
+        WasmBinaryType::Component => Compiled::Component(
+            Component::new(engine, bytes)
+                .map_err(anyhow::Error::from)
+                .with_context(|| does_not_compile(origin, "component"))?,
+        ),
+        WasmBinaryType::Module => Compiled::Module(
+            Module::new(engine, bytes)
+                .map_err(anyhow::Error::from)
+                .with_context(|| does_not_compile(origin, "module"))?,
+        ),
+    };
+    workload(engine, compiled, origin)
+}
+
+/// Compiles `bytes` to an artifact that [`load_file`] (or [`load`] with
+/// `precompiled`) loads, with the same errors as [`load`].
+pub fn precompile(engine: &Engine, bytes: &[u8], origin: &str) -> Result<Vec<u8>> {
+    match kind(bytes, origin)? {
+        WasmBinaryType::Component => engine
+            .precompile_component(bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| does_not_compile(origin, "component")),
+        WasmBinaryType::Module => engine
+            .precompile_module(bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| does_not_compile(origin, "module")),
+    }
+}
+
+/// Maps the artifact at `path` (from [`precompile`]) as compiled code: its
+/// pages are the file's, shared by every process that maps it.
+///
+/// The caller vouches for the file: it was written by [`precompile`] with
+/// an engine of this configuration and is never changed in place.
+pub fn load_file(engine: &Engine, path: &Path) -> Result<Compiled> {
+    let kind = Engine::detect_precompiled_file(path)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("could not read {}", path.display()))?
+        .with_context(|| format!("{} is not a wasmtime artifact", path.display()))?;
+    // SAFETY: see the doc comment: the file is this engine's artifact, checked
+    // by the caller against its checksum, and entries are replaced by rename,
+    // never rewritten, so the mapping stays valid; wasmtime checks the header,
+    // its version and the engine's compatibility before use.
+    let compiled = match kind {
+        Precompiled::Component => Compiled::Component(unsafe { Component::deserialize_file(engine, path) }?),
+        Precompiled::Module => Compiled::Module(unsafe { Module::deserialize_file(engine, path) }?),
+    };
+    Ok(compiled)
+}
+
+/// What `compiled` serves, or why it serves nothing this shim knows.
+pub fn workload(engine: &Engine, compiled: Compiled, origin: &str) -> Result<Workload> {
+    match compiled {
+        Compiled::Component(component) => classify(engine, component, origin),
+        Compiled::Module(module) => Ok(Workload::Module(module)),
+    }
+}
+
+fn kind(bytes: &[u8], origin: &str) -> Result<WasmBinaryType> {
     match WasmBinaryType::from_bytes(bytes) {
-        Some(WasmBinaryType::Component) => {
-            let component =
-                Component::new(engine, bytes).map_err(anyhow::Error::from).with_context(|| {
-                    format!(
-                        "{origin} is a WebAssembly component but it does not compile (truncated or corrupt?)"
-                    )
-                })?;
-            classify(engine, component, origin)
-        }
-        Some(WasmBinaryType::Module) => {
-            let module = Module::new(engine, bytes).map_err(anyhow::Error::from).with_context(|| {
-                format!("{origin} is a WebAssembly module but it does not compile (truncated or corrupt?)")
-            })?;
-            Ok(Workload::Module(module))
-        }
+        Some(kind) => Ok(kind),
         None => bail!(
             "{origin} is not WebAssembly: {}. The image's entrypoint must name a .wasm module or \
              component (or the image must carry a wasm layer)",
@@ -123,26 +188,31 @@ pub fn load(engine: &Engine, bytes: &[u8], precompiled: bool, origin: &str) -> R
     }
 }
 
+fn does_not_compile(origin: &str, what: &str) -> String {
+    format!("{origin} is a WebAssembly {what} but it does not compile (truncated or corrupt?)")
+}
+
 fn load_precompiled(engine: &Engine, bytes: &[u8], origin: &str) -> Result<Workload> {
     let hint = "remove the cached artifact (ctr content ls | grep runwasi.io/precompiled) and start again";
-    // SAFETY: these bytes are what `Precompiler::compile` produced with an engine
-    // of this very configuration, stored in containerd's content store under a
-    // label keyed by this shim's version and the engine's compatibility hash;
-    // wasmtime also checks the artifact's header and version before use.
+    let compiled = load_artifact(engine, bytes)
+        .with_context(|| format!("cached precompiled {origin} could not be loaded; {hint}"))?;
+    workload(engine, compiled, origin)
+}
+
+/// Loads an artifact of [`precompile`] (or of `Precompiler`, the same
+/// engine configuration) held in memory.
+pub fn load_artifact(engine: &Engine, bytes: &[u8]) -> Result<Compiled> {
+    // SAFETY: these bytes were produced by an engine of this very
+    // configuration: just now in this process, or by `Precompiler::compile`
+    // and stored in containerd's content store under a label keyed by this
+    // shim's version and the engine's compatibility hash; wasmtime also
+    // checks the artifact's header and version before use.
     match Engine::detect_precompiled(bytes) {
         Some(Precompiled::Component) => {
-            let component = unsafe { Component::deserialize(engine, bytes) }
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("cached precompiled {origin} could not be loaded; {hint}"))?;
-            classify(engine, component, origin)
+            Ok(Compiled::Component(unsafe { Component::deserialize(engine, bytes) }?))
         }
-        Some(Precompiled::Module) => {
-            let module = unsafe { Module::deserialize(engine, bytes) }
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("cached precompiled {origin} could not be loaded; {hint}"))?;
-            Ok(Workload::Module(module))
-        }
-        None => bail!("cached precompiled {origin} is not a wasmtime artifact; {hint}"),
+        Some(Precompiled::Module) => Ok(Compiled::Module(unsafe { Module::deserialize(engine, bytes) }?)),
+        None => bail!("it is not a wasmtime artifact"),
     }
 }
 

@@ -7,6 +7,8 @@
 
 use containerd_shim_wasm::shim::{Compiler, Shim, Version, version};
 
+mod cache;
+mod compile_command;
 mod compiler;
 mod engine;
 mod guest_calls;
@@ -25,6 +27,8 @@ mod standalone;
 mod store_state;
 mod traces;
 
+pub use cache::open_at_start as open_compile_cache;
+pub use compile_command::main as compile_main;
 pub use compiler::Precompiler;
 pub use sandbox::WasmtimeSandbox;
 pub use standalone::main as serve_main;
@@ -44,13 +48,6 @@ impl Shim for WasmtimeCustom {
     }
 
     async fn compiler() -> Option<impl Compiler> {
-        match Precompiler::new() {
-            Ok(compiler) => Some(compiler),
-            Err(e) => {
-                // Not fatal: images still run, each start compiles again.
-                log::warn!("precompilation disabled: {e:#}");
-                None
-            }
-        }
+        Some(Precompiler::default())
     }
 }

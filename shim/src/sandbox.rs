@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use containerd_shim_wasm::sandbox::Sandbox;
 use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source};
 
+use crate::cache;
 use crate::engine::{self, Workload};
 use crate::guest_setup::GuestSetup;
 use crate::output;
@@ -61,11 +62,19 @@ async fn start(ctx: &impl RuntimeContext) -> Result<i32> {
         Source::File(path) => path.display().to_string(),
         Source::Oci(_) => "the image's wasm layer".to_string(),
     };
-    let bytes = entrypoint.source.as_bytes().with_context(|| format!("could not read {origin}"))?;
-    let precompiled = entrypoint.source.is_precompiled()?;
     let engine = engine::new(settings.max_memory_bytes)?;
     let setup = GuestSetup::from_context(ctx)?;
-    let workload = engine::load(&engine, &bytes, precompiled, &origin)?;
+    let workload = {
+        let bytes = entrypoint.source.as_bytes().with_context(|| format!("could not read {origin}"))?;
+        match entrypoint.source {
+            // A wasm layer: containerd's content store keeps it compiled.
+            Source::Oci(_) => engine::load(&engine, &bytes, entrypoint.source.is_precompiled()?, &origin)?,
+            Source::File(_) => cache::load_with_cache(&engine, &bytes, &origin)?,
+        }
+        // The Wasm's bytes are not needed once compiled: a container of a
+        // large component would otherwise hold them for its whole life.
+    };
+    engine::release_compile_memory();
     // Every workload yields at each tick: HTTP requests to keep their
     // timeout, commands and modules to stay stoppable by a signal.
     engine::start_epoch_ticker(&engine);

@@ -32,6 +32,7 @@ pub struct Containerd {
     bins: PathBuf,
     socket: PathBuf,
     paths: Paths,
+    compile_cache: PathBuf,
 }
 
 impl Containerd {
@@ -50,20 +51,22 @@ impl Containerd {
         let socket = dir.path().join("containerd.sock");
         std::fs::write(&config, plain_config(dir.path(), &socket))
             .with_context(|| format!("write {}", config.display()))?;
-        Containerd::launch(paths, version, dir, &config, &socket, &paths.bin_dir)
+        let compile_cache = dir.path().join("wasmtime-custom-cache");
+        Containerd::launch(paths, version, dir, &config, &socket, &paths.bin_dir, &compile_cache)
     }
 
     /// Starts containerd `version` on the caller's `config` (which sets its
     /// own root, state and grpc address `socket`), with `shim_dir` first on
-    /// its PATH.
+    /// its PATH and the shim's compile cache in `compile_cache`.
     pub fn start_with_config(
         paths: &Paths,
         version: Version,
         config: &Path,
         socket: &Path,
         shim_dir: &Path,
+        compile_cache: &Path,
     ) -> Result<Containerd> {
-        Containerd::launch(paths, version, temp_dir()?, config, socket, shim_dir)
+        Containerd::launch(paths, version, temp_dir()?, config, socket, shim_dir, compile_cache)
     }
 
     fn launch(
@@ -73,12 +76,19 @@ impl Containerd {
         config: &Path,
         socket: &Path,
         shim_dir: &Path,
+        compile_cache: &Path,
     ) -> Result<Containerd> {
         let bins = paths.containerd_bins(version)?;
-        let script = launch_script(dir.path(), &bins, config, shim_dir);
+        let script = launch_script(dir.path(), &bins, config, shim_dir, compile_cache);
         std::fs::write(dir.path().join("launch.sh"), script).context("write launch.sh")?;
-        let containerd =
-            Containerd { dir, version, bins, socket: socket.to_path_buf(), paths: paths.clone() };
+        let containerd = Containerd {
+            dir,
+            version,
+            bins,
+            socket: socket.to_path_buf(),
+            paths: paths.clone(),
+            compile_cache: compile_cache.to_path_buf(),
+        };
         containerd.restart()?;
         Ok(containerd)
     }
@@ -125,6 +135,13 @@ impl Containerd {
     /// This containerd's folder (config, log, pid, launch script).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The shim's compile cache folder (`WASMTIME_CUSTOM_CACHE_DIR` in
+    /// containerd's environment, which the shims inherit): private to this
+    /// containerd, empty at its start.
+    pub fn compile_cache(&self) -> &Path {
+        &self.compile_cache
     }
 
     pub fn socket(&self) -> &Path {
@@ -252,7 +269,7 @@ fn plain_config(dir: &Path, socket: &Path) -> String {
 
 /// The script that stops this containerd if it runs and starts it again in
 /// the background, logging to `containerd.log` and recording its pid.
-fn launch_script(dir: &Path, bins: &Path, config: &Path, shim_dir: &Path) -> String {
+fn launch_script(dir: &Path, bins: &Path, config: &Path, shim_dir: &Path, compile_cache: &Path) -> String {
     format!(
         r#"# Written by testbed: (re)starts a private containerd in the background.
 dir='{dir}'
@@ -263,13 +280,14 @@ if [ -f "$dir/containerd.pid" ]; then
   while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
   kill -KILL "$pid" 2>/dev/null
 fi
-PATH='{shim_dir}:{bins}':"$PATH" nohup '{bins}/containerd' --config '{config}' >>"$dir/containerd.log" 2>&1 &
+WASMTIME_CUSTOM_CACHE_DIR='{compile_cache}' PATH='{shim_dir}:{bins}':"$PATH" nohup '{bins}/containerd' --config '{config}' >>"$dir/containerd.log" 2>&1 &
 echo $! >"$dir/containerd.pid"
 "#,
         dir = dir.display(),
         bins = bins.display(),
         config = config.display(),
         shim_dir = shim_dir.display(),
+        compile_cache = compile_cache.display(),
     )
 }
 

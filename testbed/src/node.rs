@@ -27,6 +27,8 @@ use crate::tool;
 pub const PAUSE_IMAGE: &str = "localhost/wasmtime-custom/pause:latest";
 /// Where Debian's containernetworking-plugins puts the CNI plugins.
 const CNI_BIN: &str = "/usr/lib/cni";
+/// The shim's compile cache on a node (relative to the node's root).
+pub const COMPILE_CACHE: &str = "var/lib/wasmtime-custom/cache";
 /// Where fake nodes of every process on this host claim their pod network.
 const NETWORK_CLAIMS: &str = "/run/wasmtime-custom-testbed";
 
@@ -137,9 +139,19 @@ impl FakeNode {
         format!("10.213.{}.", self.network.number)
     }
 
-    /// Starts the node's containerd on its config (not yet with the shim).
+    /// Starts the node's containerd on its config (not yet with the shim);
+    /// the shim's compile cache is where it is on a real node, under the
+    /// node's root (the node installer's uninstall removes it).
     pub fn start_containerd(&self, paths: &Paths) -> Result<Containerd> {
-        Containerd::start_with_config(paths, self.version, &self.config(), &self.socket(), &self.bin_dir())
+        let cache = self.root().join(COMPILE_CACHE);
+        Containerd::start_with_config(
+            paths,
+            self.version,
+            &self.config(),
+            &self.socket(),
+            &self.bin_dir(),
+            &cache,
+        )
     }
 
     fn copy_in(&self, from: &Path, node_path: &Path) -> Result<()> {
