@@ -20,6 +20,7 @@
 #   CONTAINERD_CONFIG_FILE     use this config instead of writing DIR/config.toml
 #                              (it must set its own root, state and grpc address)
 #   CONTAINERD_SOCKET          that config's grpc address (with CONTAINERD_CONFIG_FILE)
+#   WASMTIME_CUSTOM_CACHE_DIR  the shims' compile cache (default: DIR/wasmtime-custom-cache)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -97,7 +98,10 @@ launch() {
   bins=$(bin_dir "$version")
   config=$(cat "$dir/config-path")
   shim_dir=$(cat "$dir/shim-dir")
-  PATH="$shim_dir:$bins:$PATH" nohup "$bins/containerd" --config "$config" \
+  # The shims' compile cache stays in DIR too (a node's is
+  # /var/lib/wasmtime-custom/cache), unless the caller names one.
+  WASMTIME_CUSTOM_CACHE_DIR="${WASMTIME_CUSTOM_CACHE_DIR:-$dir/wasmtime-custom-cache}" \
+    PATH="$shim_dir:$bins:$PATH" nohup "$bins/containerd" --config "$config" \
     >>"$dir/containerd.log" 2>&1 &
   echo $! >"$dir/containerd.pid"
   local deadline=$((SECONDS + 30))
