@@ -18,7 +18,7 @@ use k8s_cri::v1::{
 use node_installer::cri::{self, RuntimeClient};
 use support::dapr_recorder::DaprRecorder;
 use support::http;
-use support::kubelet::{HANDLER, container_config, image, run_pod, start_container};
+use testbed::kubelet::{HANDLER, container_config, image, run_pod, start_container};
 use testbed::{FakeNode, InstalledNode, Paths, Version, poll};
 
 mod support;

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use node_installer::cri::{self, RuntimeClient};
-use support::{http, kubelet};
+use support::http;
 use testbed::paths::SHIM;
-use testbed::{Containerd, FakeNode, InstalledNode, Paths, RUNC, Run, Version, free_port, poll};
+use testbed::{Containerd, FakeNode, InstalledNode, Paths, RUNC, Run, Version, free_port, kubelet, poll};
 
 mod support;
 

@@ -17,8 +17,8 @@ use k8s_cri::v1::{
 };
 use node_installer::cri::{self, RuntimeClient};
 use serde_json::Value;
-use support::{http, kubelet};
-use testbed::{Containerd, InstalledNode, Paths, Registry, Version, poll, tool};
+use support::http;
+use testbed::{Containerd, InstalledNode, Paths, Registry, Version, kubelet, poll, tool};
 use tonic::transport::Channel;
 
 mod support;

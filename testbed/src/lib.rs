@@ -1,9 +1,10 @@
 //! A local node on this machine, for the main job (`order-flow`) and for the
 //! tests: a private containerd (its own config, root, state and socket in a
 //! temp dir), optionally on a fake node root that gets the shim from the
-//! node installer; the project's image archives imported into it; and
-//! containers run with its `ctr`, as a user at a terminal would; and a
-//! small HTTP server for the stand-ins next to them.
+//! node installer; the project's image archives imported into it;
+//! containers run with its `ctr`, as a user at a terminal would; pods run
+//! with the kubelet's CRI calls ([`kubelet`]); and a small HTTP server for
+//! the stand-ins next to them.
 //!
 //! Every path (binaries, images, containerd versions) is found at run time
 //! ([`paths`]), never from where the crate was compiled, so a program built
@@ -11,6 +12,7 @@
 //! error that says what to build or install.
 
 pub mod containerd;
+pub mod kubelet;
 pub mod node;
 pub mod paths;
 pub mod poll;
