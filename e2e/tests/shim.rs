@@ -14,6 +14,8 @@ mod support;
 const APP: &str = "localhost/wasmtime-custom/app:latest";
 const APP_WASM: &str = "localhost/wasmtime-custom/app:wasm";
 const TEST_HTTP: &str = "localhost/wasmtime-custom/test-http:latest";
+/// The large component: CPython and a handler, about 18 MB of Wasm.
+const PYTHON_HTTP: &str = "localhost/wasmtime-custom/python-http:latest";
 
 const EXPRESS: &str = r#"{"orderId":42,"orderGuid":"0b6c","firstName":"Ada","delivery":"express","items":[{"orderItemId":1,"sku":"4f1c2a9e-77b1","quantity":2}]}"#;
 const EXPRESS_OUT: &str = r#"{"orderId":42,"orderGuid":"0b6c","firstName":"Ada","delivery":"Express","items":[{"orderItemId":1,"sku":"4f1c2a9e-77b1","quantity":2}]}"#;
@@ -64,6 +66,30 @@ fn plain_images_compile_once_per_node_then_start_from_the_cache_on_containerd_1_
         guest.output()
     );
     assert_eq!(std::fs::read(&entries[0])?, whole, "the entry is whole again");
+    Ok(())
+}
+
+#[test]
+fn a_large_python_component_compiles_once_then_starts_from_the_cache() -> Result<()> {
+    let containerd = Containerd::start(Version::V1_7)?;
+    containerd.import("python-http.tar", &[])?;
+    let start = |id: &str| -> Result<(testbed::Container<'_>, Duration)> {
+        let port = free_port()?;
+        let started = Instant::now();
+        let mut guest = containerd.run(Run::new(PYTHON_HTTP, id).listen(port))?;
+        guest.wait_listening(port)?;
+        let health = http::get(port, "/healthz")?;
+        assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+        assert_eq!(http::get(port, "/nope")?.status, 404);
+        Ok((guest, started.elapsed()))
+    };
+    let (first, _) = start("python-first")?;
+    first.wait_for_line("kept in the node's compile cache", Duration::from_secs(10))?;
+    drop(first);
+    let (second, took) = start("python-second")?;
+    second.wait_for_line("loaded from the node's compile cache", Duration::from_secs(10))?;
+    // Compiling it takes seconds here; its compiled code is mapped instead.
+    assert!(took < Duration::from_secs(3), "second start took {took:?}");
     Ok(())
 }
 

@@ -252,11 +252,13 @@ impl CompileCache {
         let name = format!("{key}.{}{ENTRY_SUFFIX}", hex(&Sha256::digest(artifact)));
         let temp = self.dir.join(format!("{TEMP_PREFIX}{key}-{}", std::process::id()));
         let path = self.dir.join(name);
+        // No fsync: an entry that a crash left short or empty fails its
+        // checksum and is compiled again, and a large component's first
+        // start would otherwise wait for the disk.
         let write = || -> std::io::Result<()> {
             let mut file =
                 fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&temp)?;
             file.write_all(artifact)?;
-            file.sync_all()?;
             fs::rename(&temp, &path)
         };
         write()
