@@ -3,7 +3,7 @@
 # Debian packages (with arm64 multiarch for cross builds), the wasm32-wasip2
 # and aarch64 Rust targets, private copies of containerd 1.7 and 2.1, arm64
 # busybox and qemu-user (unpacked from Debian into target/, never
-# installed), and kubernetes-validate from PyPI.
+# installed), and kubernetes-validate and componentize-py from PyPI.
 #
 # Usage: scripts/install-prerequisites.sh
 set -euo pipefail
@@ -53,14 +53,33 @@ codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
 "$root/scripts/fetch-deb.sh" "$codename" busybox-static:arm64 busybox-arm64 >/dev/null
 "$root/scripts/fetch-deb.sh" trixie qemu-user qemu-trixie >/dev/null
 
-# Offline validation of the Kubernetes manifests against the API schemas.
-if ! command -v kubernetes-validate >/dev/null; then
-  python3 -m pip install --quiet kubernetes-validate
+# Python tools from PyPI, for the python3 first on PATH (pyenv's here). A
+# Debian system Python refuses `pip install` (PEP 668, "externally
+# managed"); PIP_BREAK_SYSTEM_PACKAGES lets root's pip install into
+# /usr/local (on PATH, never over a file of Debian's packages). Other
+# Pythons ignore the variable.
+pip_install() {
+  python3 -m pip --version >/dev/null 2>&1 || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  }
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet "$@"
   # Under pyenv a new console script needs its shim.
   if command -v pyenv >/dev/null; then pyenv rehash; fi
-fi
+}
+
+# Offline validation of the Kubernetes manifests against the API schemas.
+command -v kubernetes-validate >/dev/null || pip_install kubernetes-validate
 command -v kubernetes-validate >/dev/null || {
   echo "install-prerequisites: kubernetes-validate is not on PATH after pip install" >&2; exit 1; }
+# The benchmark's large component (large-guest/, built by `cargo xtask
+# images`): this exact version, the one xtask checks for.
+componentize_py=0.25.1
+if [[ "$(componentize-py --version 2>/dev/null)" != "componentize-py $componentize_py" ]]; then
+  pip_install "componentize-py==$componentize_py"
+fi
+[[ "$(componentize-py --version 2>/dev/null)" == "componentize-py $componentize_py" ]] || {
+  echo "install-prerequisites: componentize-py $componentize_py is not on PATH after pip install" >&2; exit 1; }
 # kubectl (for `kubectl kustomize`) comes with the machine image; there is no
 # apt source for it here, so say so instead of failing later in a test.
 command -v kubectl >/dev/null || { echo "install-prerequisites: kubectl is missing (needed for kubectl kustomize)" >&2; exit 1; }

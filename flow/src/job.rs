@@ -37,7 +37,7 @@ impl Node {
     pub fn start(paths: &Paths) -> Result<Node> {
         let installed = InstalledNode::start(paths, Version::V1_7)
             .context("set up containerd 1.7 with the shim through the node installer")?;
-        installed.containerd.import("app-wasm.tar", &["--all-platforms"])?;
+        installed.containerd.import("app.tar", &[])?;
         installed.containerd.import("app-native.tar", &[])?;
         Ok(Node { installed })
     }

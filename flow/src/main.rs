@@ -31,7 +31,7 @@ struct PartsArgs {
     /// wasmtime-custom-node-installer [default: this program's folder]
     #[arg(long, global = true, env = testbed::paths::BIN_DIR_ENV)]
     bin_dir: Option<PathBuf>,
-    /// Folder holding the image archives (app-wasm.tar, app-native.tar)
+    /// Folder holding the image archives (app.tar, app-native.tar)
     /// [default: `images` next to the binaries' folder]
     #[arg(long, global = true, env = testbed::paths::IMAGES_ENV)]
     images: Option<PathBuf>,

@@ -9,8 +9,9 @@ use testbed::{RUNC, Run};
 use crate::bindings::{self, InputBinding};
 use crate::standin::StandInOptions;
 
-/// The Wasm image: the app component as a wasm layer, precompiled once.
-pub const WASM_IMAGE: &str = "localhost/wasmtime-custom/app:wasm";
+/// The Wasm image: the plain app image (its rootfs holds `app.wasm`), as
+/// users build them; compiled once per node (the shim's compile cache).
+pub const WASM_IMAGE: &str = "localhost/wasmtime-custom/app:latest";
 /// The native baseline's image: `order-app-native` and the libraries it loads.
 pub const NATIVE_IMAGE: &str = "localhost/wasmtime-custom/app-native:latest";
 
@@ -43,7 +44,7 @@ impl Flavor {
     pub fn run<'a>(self, id: &'a str, port: u16, dapr_url: &str) -> Run<'a> {
         match self {
             Flavor::Wasm => {
-                Run::new(WASM_IMAGE, id).platform("wasip1/wasm").listen(port).env("DAPR_URL", dapr_url)
+                Run::new(WASM_IMAGE, id).listen(port).env("DAPR_URL", dapr_url)
             }
             Flavor::Native => Run::new(NATIVE_IMAGE, id)
                 .runtime(RUNC)

@@ -4,7 +4,9 @@
 //!   `wasm32-wasip2`) and the workspace, and writes the OCI image archives
 //!   for `ctr image import` into DIR (default `target/images`): the app
 //!   (plain and wasm-layer), the native baseline (`app-native.tar`), the
-//!   test guests, and the Linux images of the CRI tests.
+//!   test guests, the large Python component (`python-http.tar`, built
+//!   from `large-guest/` with componentize-py), and the Linux images of the
+//!   CRI tests.
 //! - `cargo xtask installer-image [--out DIR]` builds the shim and the
 //!   installer for both node architectures (as `dist` does) and writes the
 //!   node installer's image (`node-installer.tar`), an index of a
@@ -26,6 +28,7 @@ use oci_spec::image::Arch;
 
 mod elf;
 mod guests;
+mod large_guest;
 mod oci;
 
 const USAGE: &str = "usage: cargo xtask images [--out DIR] | cargo xtask installer-image [--out DIR] | cargo xtask dist [--out DIR]";
@@ -65,13 +68,16 @@ struct Image {
 enum Kind {
     /// A rootfs with the Wasm, for this machine's architecture (test images).
     Plain,
-    /// The same, as an index for amd64 and arm64 nodes (the app).
+    /// The same, as an index for amd64 and arm64 nodes (the app, and the
+    /// large component).
     PlainAllNodes,
     /// The Wasm as a layer of its own, architecture-free.
     WasmLayer,
 }
 
 fn images(root: &Path, out: &Path) -> Result<()> {
+    // First: a missing componentize-py is then reported before the long builds.
+    let python = large_guest::build(root, &target_dir(root).join("large-guest"))?;
     let wasm_dir = build_components(root)?;
     // The native baseline's binary; the whole workspace, so that features
     // resolve as in every other build and nothing is built twice.
@@ -85,6 +91,10 @@ fn images(root: &Path, out: &Path) -> Result<()> {
     // The component on its own too, for `containerd-shim-wasmtime-custom-v1 serve`.
     let component = out.join("app.wasm");
     std::fs::write(&component, &app).with_context(|| format!("could not write {}", component.display()))?;
+    // The large component on its own too: for `serve`, and for the benchmark's compile times.
+    let python_component = out.join("python-http.wasm");
+    std::fs::write(&python_component, &python)
+        .with_context(|| format!("could not write {}", python_component.display()))?;
     let test_http = read("test_guests.wasm")?;
     let test_command = read("guest-command.wasm")?;
     let truncated = app[..app.len() / 2].to_vec();
@@ -102,6 +112,12 @@ fn images(root: &Path, out: &Path) -> Result<()> {
             name: "localhost/wasmtime-custom/app:wasm",
             kind: Kind::WasmLayer,
             wasm: app,
+        },
+        Image {
+            file: "python-http.tar",
+            name: "localhost/wasmtime-custom/python-http:latest",
+            kind: Kind::PlainAllNodes,
+            wasm: python,
         },
         plain("test-http.tar", "localhost/wasmtime-custom/test-http:latest", test_http),
         plain("test-command.tar", "localhost/wasmtime-custom/test-command:latest", test_command),
@@ -289,6 +305,16 @@ fn target_dir(root: &Path) -> PathBuf {
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let status = cargo_command(root).args(args).status().context("could not run cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status}); run scripts/install-prerequisites.sh first", args.join(" "));
+    }
+    Ok(())
+}
+
+/// `cargo` in the workspace `root`, with none of the variables `cargo run`
+/// set for xtask itself.
+fn cargo_command(root: &Path) -> Command {
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(program);
     // `cargo run` gave this process the variables of the xtask package
@@ -304,11 +330,8 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
             command.env_remove(name.as_ref());
         }
     }
-    let status = command.current_dir(root).args(args).status().context("could not run cargo")?;
-    if !status.success() {
-        bail!("`cargo {}` failed ({status}); run scripts/install-prerequisites.sh first", args.join(" "));
-    }
-    Ok(())
+    command.current_dir(root);
+    command
 }
 
 /// The OCI architecture of this machine: plain images are built for the

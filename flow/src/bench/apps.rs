@@ -20,7 +20,7 @@ pub fn in_turn(repeat: usize) -> [Flavor; 2] {
 /// A private containerd 1.7 with both app images imported.
 pub fn containerd_with_images(paths: &Paths) -> Result<Containerd> {
     let containerd = Containerd::start_in(paths, Version::V1_7)?;
-    containerd.import("app-wasm.tar", &["--all-platforms"])?;
+    containerd.import("app.tar", &[])?;
     containerd.import("app-native.tar", &[])?;
     Ok(containerd)
 }

@@ -1,6 +1,6 @@
 //! The cold-start rows: `ctr run -d` to the first 200 on `/healthz`, first
 //! on a fresh containerd (the Wasm compiles) and again on the same one (the
-//! Wasm reuses its cached precompiled artifact).
+//! plain image's Wasm comes from the node's compile cache).
 
 use std::time::Instant;
 
@@ -28,7 +28,7 @@ pub fn rows(containerd: &Containerd, options: &BenchOptions) -> Result<Vec<Row>>
     let run = std::process::id();
     let mut native = Vec::new();
     let mut cached = Vec::new();
-    // One start compiles and caches the component; the rest reuse it.
+    // One start compiles the component into the cache; the rest reuse it.
     cold_start(containerd, Flavor::Wasm, &format!("bench-{run}-warm"))?;
     for i in 0..options.starts {
         native.push(cold_start(containerd, Flavor::Native, &format!("bench-{run}-native-{i}"))?);
@@ -36,7 +36,7 @@ pub fn rows(containerd: &Containerd, options: &BenchOptions) -> Result<Vec<Row>>
     }
     let (mut first, mut native_first) = (Vec::new(), Vec::new());
     for i in 0..options.starts {
-        // A containerd of its own: no precompiled artifact exists yet, and
+        // A containerd of its own (and with it an empty compile cache):
         // nothing of either image has run on it.
         let fresh = containerd_with_images(containerd.paths())?;
         first.push(cold_start(&fresh, Flavor::Wasm, &format!("bench-{run}-first-{i}"))?);
@@ -44,7 +44,7 @@ pub fn rows(containerd: &Containerd, options: &BenchOptions) -> Result<Vec<Row>>
     }
     Ok(vec![
         Row::new("cold start, first on a fresh containerd", "ms", first, native_first),
-        Row::new("cold start, again (Wasm: cached artifact)", "ms", cached, native),
+        Row::new("cold start, again (Wasm: the node's compile cache)", "ms", cached, native),
     ])
 }
 

@@ -72,9 +72,17 @@ pub fn note(options: &BenchOptions) -> String {
     )
 }
 
-/// The shim's processes for container `id` (a shim is started with
-/// `-id <id>`) and the container's task with its descendants.
+/// The shim's processes for container `id` and the container's task with
+/// its descendants.
 fn processes_of(containerd: &Containerd, id: &str) -> Result<BTreeSet<u32>> {
+    let mut pids = shims_of(id)?;
+    pids.extend(tree_of(containerd.task_pid(id)?));
+    Ok(pids)
+}
+
+/// The shim processes serving container or pod `id`: containerd starts a
+/// shim with `-id <id>` (under CRI, a pod's shim is named by its sandbox id).
+pub fn shims_of(id: &str) -> Result<BTreeSet<u32>> {
     let mut pids = BTreeSet::new();
     for entry in std::fs::read_dir("/proc").context("list /proc")? {
         let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
@@ -86,15 +94,19 @@ fn processes_of(containerd: &Containerd, id: &str) -> Result<BTreeSet<u32>> {
             pids.insert(pid);
         }
     }
-    let mut todo = vec![containerd.task_pid(id)?];
-    let mut task_tree = BTreeSet::new();
+    Ok(pids)
+}
+
+/// `pid` and all its descendants.
+pub fn tree_of(pid: u32) -> BTreeSet<u32> {
+    let mut todo = vec![pid];
+    let mut tree = BTreeSet::new();
     while let Some(pid) = todo.pop() {
-        if task_tree.insert(pid) {
+        if tree.insert(pid) {
             todo.extend(children(pid));
         }
     }
-    pids.extend(task_tree);
-    Ok(pids)
+    tree
 }
 
 /// The children of every thread of `pid`.
@@ -107,7 +119,7 @@ fn children(pid: u32) -> Vec<u32> {
 }
 
 /// The proportional set size of `pid`, in KiB (`None`: it is gone).
-fn pss_kib(pid: u32) -> Option<u64> {
+pub fn pss_kib(pid: u32) -> Option<u64> {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     rollup.lines().find_map(|line| line.strip_prefix("Pss:")?.trim().strip_suffix("kB")?.trim().parse().ok())
 }

@@ -19,7 +19,7 @@ pub fn rows(paths: &Paths) -> Result<Vec<Row>> {
         Row::new(
             "size, image archive",
             "bytes",
-            vec![size(&paths.image("app-wasm.tar")?)?],
+            vec![size(&paths.image("app.tar")?)?],
             vec![size(&paths.image("app-native.tar")?)?],
         ),
         Row::new(
@@ -33,7 +33,7 @@ pub fn rows(paths: &Paths) -> Result<Vec<Row>> {
 
 /// How the size rows were measured.
 pub fn note() -> String {
-    "size: app-wasm.tar vs app-native.tar; containerd-shim-wasmtime-custom-v1 vs containerd-shim-runc-v2 \
+    "size: app.tar vs app-native.tar; containerd-shim-wasmtime-custom-v1 vs containerd-shim-runc-v2 \
      plus runc"
         .to_string()
 }
