@@ -43,9 +43,7 @@ impl Flavor {
     /// `ctr run` settings for one app listening on `port`, talking to `dapr_url`.
     pub fn run<'a>(self, id: &'a str, port: u16, dapr_url: &str) -> Run<'a> {
         match self {
-            Flavor::Wasm => {
-                Run::new(WASM_IMAGE, id).listen(port).env("DAPR_URL", dapr_url)
-            }
+            Flavor::Wasm => Run::new(WASM_IMAGE, id).listen(port).env("DAPR_URL", dapr_url),
             Flavor::Native => Run::new(NATIVE_IMAGE, id)
                 .runtime(RUNC)
                 .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))

@@ -2,19 +2,20 @@
 //! started detached and timed to its first 200, and both flavors taking
 //! turns.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use testbed::{Containerd, Paths, Version};
+use testbed::{Containerd, Paths, Run, Version};
 
 use crate::model::Flavor;
 
 pub const FLAVORS: [Flavor; 2] = [Flavor::Wasm, Flavor::Native];
 
-/// Both flavors, the first one changing with each repeat, so that neither
-/// always runs on a machine the other just warmed (or heated).
-pub fn in_turn(repeat: usize) -> [Flavor; 2] {
-    if repeat.is_multiple_of(2) { FLAVORS } else { [Flavor::Native, Flavor::Wasm] }
+/// Both subjects of a row (the flavors, or two components), the first one
+/// changing with each repeat, so that neither always runs on a machine the
+/// other just warmed (or heated).
+pub fn in_turn<T: Copy>(repeat: usize, pair: [T; 2]) -> [T; 2] {
+    if repeat.is_multiple_of(2) { pair } else { [pair[1], pair[0]] }
 }
 
 /// A private containerd 1.7 with both app images imported.
@@ -28,6 +29,17 @@ pub fn containerd_with_images(paths: &Paths) -> Result<Containerd> {
 /// Starts one app of `flavor` detached, answering on `port`.
 pub fn start(containerd: &Containerd, flavor: Flavor, id: &str, port: u16, dapr: &str) -> Result<()> {
     containerd.run_detached(flavor.run(id, port, dapr))
+}
+
+/// `ctr run -d` of `run` (serving on `port`) to the first 200 on /healthz,
+/// in milliseconds; the container `id` is removed afterwards.
+pub fn time_to_first_200(containerd: &Containerd, run: Run<'_>, id: &str, port: u16) -> Result<f64> {
+    let started = Instant::now();
+    containerd.run_detached(run)?;
+    wait_for_first_200(port)?;
+    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    containerd.remove(id)?;
+    Ok(elapsed)
 }
 
 /// Polls `GET /healthz` until it answers 200, for at most 30 s. The poll
@@ -51,8 +63,8 @@ mod tests {
 
     #[test]
     fn the_flavors_take_turns_going_first() {
-        assert_eq!(in_turn(0), [Flavor::Wasm, Flavor::Native]);
-        assert_eq!(in_turn(1), [Flavor::Native, Flavor::Wasm]);
-        assert_eq!(in_turn(2), in_turn(0));
+        assert_eq!(in_turn(0, FLAVORS), [Flavor::Wasm, Flavor::Native]);
+        assert_eq!(in_turn(1, FLAVORS), [Flavor::Native, Flavor::Wasm]);
+        assert_eq!(in_turn(2, FLAVORS), in_turn(0, FLAVORS));
     }
 }

@@ -2,26 +2,19 @@
 //! on a fresh containerd (the Wasm compiles) and again on the same one (the
 //! plain image's Wasm comes from the node's compile cache).
 
-use std::time::Instant;
-
 use anyhow::Result;
 use testbed::Containerd;
 use testbed::free_port;
 
-use super::apps::{containerd_with_images, start, wait_for_first_200};
+use super::apps::{containerd_with_images, time_to_first_200};
 use super::options::BenchOptions;
 use super::table::Row;
 use crate::model::Flavor;
 
-/// `ctr run -d` to the first 200 on /healthz, in milliseconds.
+/// `ctr run -d` of `flavor` to the first 200 on /healthz, in milliseconds.
 fn cold_start(containerd: &Containerd, flavor: Flavor, id: &str) -> Result<f64> {
     let port = free_port()?;
-    let started = Instant::now();
-    start(containerd, flavor, id, port, "http://127.0.0.1:1")?;
-    wait_for_first_200(port)?;
-    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-    containerd.remove(id)?;
-    Ok(elapsed)
+    time_to_first_200(containerd, flavor.run(id, port, "http://127.0.0.1:1"), id, port)
 }
 
 pub fn rows(containerd: &Containerd, options: &BenchOptions) -> Result<Vec<Row>> {

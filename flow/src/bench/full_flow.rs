@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use anyhow::{Result, bail};
 use testbed::Paths;
 
-use super::apps::in_turn;
+use super::apps::{FLAVORS, in_turn};
 use super::options::BenchOptions;
 use super::table::Row;
 use crate::job::{self, Node};
@@ -17,7 +17,7 @@ pub fn row(paths: &Paths, options: &BenchOptions, flow: &FlowOptions) -> Result<
     let node = Node::start(paths)?;
     let mut samples: HashMap<Flavor, Vec<f64>> = HashMap::new();
     for repeat in 0..options.repeats {
-        for flavor in in_turn(repeat) {
+        for flavor in in_turn(repeat, FLAVORS) {
             let report = job::run_on(&node, flavor, FlowOptions { progress: false, ..flow.clone() })?;
             if !report.ok() {
                 bail!(

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use testbed::{Containerd, Paths, Run, free_port, tool};
 
-use super::apps::{containerd_with_images, wait_for_first_200};
+use super::apps::{containerd_with_images, in_turn, time_to_first_200, wait_for_first_200};
 use super::options::BenchOptions;
 use super::table::Row;
 use super::wrk::{self, Load};
@@ -53,15 +53,8 @@ impl Component {
     }
 }
 
-/// Both components, the first one changing with each repeat, so that
-/// neither always runs on a machine the other just warmed (or heated).
-fn in_turn(repeat: usize) -> [Component; 2] {
-    if repeat.is_multiple_of(2) {
-        [Component::Python, Component::Rust]
-    } else {
-        [Component::Rust, Component::Python]
-    }
-}
+/// Both components of the rows, the large one first.
+const COMPONENTS: [Component; 2] = [Component::Python, Component::Rust];
 
 pub fn rows(paths: &Paths, options: &BenchOptions) -> Result<Vec<Row>> {
     let shim = paths.shim()?;
@@ -93,7 +86,7 @@ pub fn rows(paths: &Paths, options: &BenchOptions) -> Result<Vec<Row>> {
 
     let containerd = containerd_with_large_image(paths)?;
     let mut ports = HashMap::new();
-    for component in in_turn(0) {
+    for component in COMPONENTS {
         let port = free_port()?;
         let id = format!("bench-{run}-large-http-{}", component.slug());
         containerd.run_detached(component.run(&id, port))?;
@@ -103,7 +96,7 @@ pub fn rows(paths: &Paths, options: &BenchOptions) -> Result<Vec<Row>> {
     let load = Load { connections: options.connections, seconds: options.wrk_seconds };
     let mut throughput: HashMap<Component, Vec<f64>> = HashMap::new();
     for repeat in 0..options.repeats {
-        for component in in_turn(repeat) {
+        for component in in_turn(repeat, COMPONENTS) {
             let url = format!("http://127.0.0.1:{}/healthz", ports[&component].1);
             let measured = wrk::measure(load, &url, None)?;
             throughput.entry(component).or_default().push(measured.requests_per_second);
@@ -137,16 +130,11 @@ fn containerd_with_large_image(paths: &Paths) -> Result<Containerd> {
     Ok(containerd)
 }
 
-/// `ctr run -d` to the first 200 on /healthz, in milliseconds; the
-/// container is removed afterwards.
+/// `ctr run -d` of `component` to the first 200 on /healthz, in
+/// milliseconds.
 fn start(containerd: &Containerd, component: Component, id: &str) -> Result<f64> {
     let port = free_port()?;
-    let started = Instant::now();
-    containerd.run_detached(component.run(id, port))?;
-    wait_for_first_200(port)?;
-    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-    containerd.remove(id)?;
-    Ok(elapsed)
+    time_to_first_200(containerd, component.run(id, port), id, port)
 }
 
 /// `containerd-shim-wasmtime-custom-v1 compile wasm out`, from spawn to
@@ -181,13 +169,6 @@ pub fn note(options: &BenchOptions) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_components_take_turns_going_first() {
-        assert_eq!(in_turn(0), [Component::Python, Component::Rust]);
-        assert_eq!(in_turn(1), [Component::Rust, Component::Python]);
-        assert_eq!(in_turn(2), in_turn(0));
-    }
 
     #[test]
     fn the_first_row_names_the_size_in_megabytes() {

@@ -87,7 +87,7 @@ fn measure(node: &InstalledNode, runtime: &Runtime, options: &BenchOptions) -> R
     // Samples by flavor: milliseconds to all 200, MiB per pod.
     let (mut times, mut pss): (HashMap<Flavor, Vec<f64>>, HashMap<Flavor, Vec<f64>>) = Default::default();
     for repeat in 0..options.repeats {
-        for flavor in in_turn(repeat) {
+        for flavor in in_turn(repeat, FLAVORS) {
             let sample = format!("s{repeat}");
             let (pods, ms) =
                 runtime.block_on(scale_out(&client, flavor, &sample, options.instances, logs.path()))?;
