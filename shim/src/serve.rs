@@ -516,8 +516,10 @@ impl Server {
             .map_err(|e| Failure::Unavailable(format!("{e:#}")))?;
         let pre = self.pre.clone();
         let metrics = self.metrics.clone();
-        // The guest holds the slot for as long as its instance lives.
-        let guest = async move {
+        // The guest runs in its own task: it may keep streaming the body
+        // after it has handed over the response head. The task holds the
+        // slot for as long as the instance lives.
+        let task = tokio::spawn(async move {
             let mut held = Held { store, _slot: permit };
             let store = &mut held.store;
             let started = Instant::now();
@@ -536,91 +538,32 @@ impl Server {
                 Ok(Err(e)) => Err(Failure::Trap(format!("{e:?}"))),
                 Err(_) => Err(Failure::Timeout(timeout)),
             }
-        };
-        // The guest runs in this request's task, not in one of its own: a
-        // task per request was handed between the worker threads (a wake-up
-        // and a context switch each time). It is polled here until it hands
-        // over the response head, then by the response body, since it may
-        // go on streaming the body. Dropping it (timeout, client gone) drops
-        // the instance and frees the slot.
-        let mut guest: GuestRun = Box::pin(guest);
-        let mut receiver = receiver;
-        let head = tokio::select! {
-            biased;
-            head = &mut receiver => head,
-            done = &mut guest => match receiver.try_recv() {
-                // It set the response and returned: nothing left to drive.
-                Ok(Ok(response)) => return Ok(response),
-                Ok(Err(code)) => return Err(Failure::Guest(format!("the handler answered with error {code:?}"))),
-                Err(_) => {
-                    return Err(done.err().unwrap_or_else(|| {
-                        Failure::Guest("the handler returned without setting a response".into())
-                    }));
-                }
-            },
-            _ = tokio::time::sleep(timeout) => return Err(Failure::Timeout(timeout)),
-        };
-        match head {
-            Ok(Ok(response)) => {
-                let (parts, body) = response.into_parts();
-                let body =
-                    GuestBody { body, guest: Some(guest), id: id.to_string(), metrics: self.metrics.clone() };
-                Ok(Response::from_parts(parts, body.boxed_unsync()))
+        });
+        // Aborted if this request is given up (timeout, client gone) before
+        // the guest answered; kept running while it streams the body.
+        let abort = AbortOnDrop(Some(task.abort_handle()));
+        match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(Ok(response))) => {
+                abort.disarm();
+                let id = id.to_string();
+                let metrics = self.metrics.clone();
+                tokio::spawn(async move {
+                    if let Ok(Err(failure)) = task.await {
+                        count(&metrics, &failure);
+                        failure.log(&id, "after the response head was sent");
+                    }
+                });
+                Ok(response)
             }
-            Ok(Err(code)) => Err(Failure::Guest(format!("the handler answered with error {code:?}"))),
-            // The guest dropped its response-outparam: its end says why.
-            Err(_) => match guest.await {
-                Ok(()) => Err(Failure::Guest("the handler returned without setting a response".into())),
-                Err(failure) => Err(failure),
+            Ok(Ok(Err(code))) => Err(Failure::Guest(format!("the handler answered with error {code:?}"))),
+            // The guest dropped its response-outparam: the task says why.
+            Ok(Err(_)) => match task.await {
+                Ok(Ok(())) => Err(Failure::Guest("the handler returned without setting a response".into())),
+                Ok(Err(failure)) => Err(failure),
+                Err(e) => Err(Failure::Guest(format!("the handler's task failed: {e}"))),
             },
+            Err(_) => Err(Failure::Timeout(timeout)),
         }
-    }
-}
-
-/// A request's guest, from instantiation to the handler's return.
-type GuestRun = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
-
-/// A response body whose guest may still run: polling the body drives the
-/// guest too, and the body ends only once the guest has returned (a
-/// failure after the head was sent is counted and logged here).
-struct GuestBody {
-    body: HyperOutgoingBody,
-    guest: Option<GuestRun>,
-    id: String,
-    metrics: Arc<Metrics>,
-}
-
-impl Body for GuestBody {
-    type Data = Bytes;
-    type Error = HttpError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
-        let this = &mut *self;
-        if let Some(guest) = &mut this.guest
-            && let Poll::Ready(result) = guest.as_mut().poll(cx)
-        {
-            this.guest = None;
-            if let Err(failure) = result {
-                count(&this.metrics, &failure);
-                failure.log(&this.id, "after the response head was sent");
-            }
-        }
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            // The guest was polled above and will wake this task.
-            Poll::Ready(None) if this.guest.is_some() => Poll::Pending,
-            polled => polled,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.guest.is_none() && self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
@@ -691,7 +634,7 @@ impl Body for BodyLimit {
 }
 
 /// A request's instance and its concurrency slot. The fields drop in this
-/// order, also when the guest is dropped: the pool slot is free before the
+/// order, also when the task is aborted: the pool slot is free before the
 /// next request is admitted.
 struct Held {
     store: Store<StoreState>,
@@ -713,6 +656,23 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
         self.1.in_flight.dec();
+    }
+}
+
+/// Aborts a task when dropped, unless disarmed.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
     }
 }
 
