@@ -279,8 +279,18 @@ pub async fn uninstall(options: &Options, while_in_use: WhileInUse) -> Result<()
     if binary::remove(node_root, &options.install_dir.join(SHIM_NAME))? {
         println!("removed {}", options.install_dir.join(SHIM_NAME).display());
     }
-    if let Some(bytes) = binary::remove_compile_cache(node_root)? {
-        println!("removed the compile cache {} ({:.1} MiB)", binary::COMPILE_CACHE, bytes as f64 / 1048576.0);
+    // The runtime is gone already: a cache that cannot be removed (a shim
+    // still writing under --force) is worth a warning, not a failure.
+    match binary::remove_compile_cache(node_root) {
+        Ok(Some(bytes)) => {
+            println!(
+                "removed the compile cache {} ({:.1} MiB)",
+                binary::COMPILE_CACHE,
+                bytes as f64 / 1048576.0
+            )
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: {e:#}; remove {} by hand", binary::COMPILE_CACHE),
     }
     state::remove(node_root)?;
     Ok(())

@@ -9,7 +9,8 @@
 //! else runs: the container's process is a clone of the shim that has
 //! entered the container's mount namespace, where the node's paths are
 //! gone, so it reaches the folder through that inherited descriptor
-//! (`/proc/self/fd/N`).
+//! (`/proc/self/fd/N`), and closes it once its Wasm is loaded, before any
+//! guest code runs.
 //!
 //! An entry is `<wasm sha256>-<engine>.<artifact sha256>.cwasm`:
 //! - the Wasm's content hash and the engine's compatibility (shim version,
@@ -34,16 +35,16 @@
 //! `/proc` in the container, a full disk) the Wasm is compiled as before and
 //! the reason is said once in the container's log.
 
-use std::fs::{self, File};
+use std::fs::{self, File, TryLockError};
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 
@@ -62,26 +63,33 @@ const LOCK_SUFFIX: &str = ".lock";
 const TEMP_PREFIX: &str = ".tmp-";
 /// A temporary file this old was left by a process that died mid-write.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
+/// How long a start waits for another container's compile of the same
+/// Wasm before compiling it itself (a frozen or throttled container).
+const LOCK_WAIT: Duration = Duration::from_secs(120);
 
 /// The folder as `main` opened it, before the process could be cloned into
-/// a container: `Err` holds why there is no cache.
-static OPENED: OnceLock<Result<(OwnedFd, u64), String>> = OnceLock::new();
+/// a container: `Err` holds why there is no cache. A container's process
+/// takes it out ([`inherited`]) and closes it once its Wasm is loaded.
+static OPENED: Mutex<Option<Result<(OwnedFd, u64), String>>> = Mutex::new(None);
 
 /// Opens (creating it root-only if needed) the cache folder named by the
 /// environment. Called first thing in `main`; a failure only disables the
 /// cache, and is reported by the container that would have used it.
 pub fn open_at_start() {
-    OPENED.get_or_init(|| {
+    let opened = (|| {
         let dir = std::env::var_os(DIR_ENV).map_or_else(|| PathBuf::from(DEFAULT_DIR), PathBuf::from);
-        let max_mb = match std::env::var(MAX_MB_ENV) {
-            Ok(value) => value.trim().parse::<u64>().map_err(|_| {
-                format!("{MAX_MB_ENV}={value:?} in containerd's environment is not a number of MiB")
-            })?,
-            Err(_) => DEFAULT_MAX_MB,
+        let max_bytes = match std::env::var(MAX_MB_ENV) {
+            Ok(value) => {
+                value.trim().parse::<u64>().ok().and_then(|mb| mb.checked_mul(1 << 20)).ok_or_else(|| {
+                    format!("{MAX_MB_ENV}={value:?} in containerd's environment is not a number of MiB")
+                })?
+            }
+            Err(_) => DEFAULT_MAX_MB << 20,
         };
         let folder = open_dir(&dir).map_err(|e| format!("{e:#}"))?;
-        Ok((folder, max_mb << 20))
-    });
+        Ok((folder, max_bytes))
+    })();
+    *OPENED.lock().unwrap_or_else(PoisonError::into_inner) = Some(opened);
 }
 
 fn open_dir(dir: &Path) -> Result<OwnedFd> {
@@ -91,27 +99,44 @@ fn open_dir(dir: &Path) -> Result<OwnedFd> {
         .create(dir)
         .with_context(|| format!("could not create the compile cache folder {}", dir.display()))?;
     let folder = File::open(dir).with_context(|| format!("could not open {}", dir.display()))?;
+    // Entries are mapped as code: from a noexec mount that fails at every
+    // start, so the cache is off there, with the reason.
+    // SAFETY: fstatvfs fills the struct it is given for an open descriptor.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatvfs(folder.as_raw_fd(), &mut stats) } == 0 && stats.f_flag & libc::ST_NOEXEC != 0 {
+        bail!(
+            "{} is on a filesystem mounted noexec, where compiled code cannot be mapped; set {DIR_ENV} in \
+             containerd's environment to a folder of an exec mount",
+            dir.display()
+        );
+    }
     Ok(folder.into())
 }
 
-/// The cache this process inherited from `main`, or why there is none.
+/// The cache this process inherited from `main`, or why there is none. It
+/// is taken out: dropping the cache closes the folder's descriptor, so the
+/// container's process holds no handle on the node's filesystem once its
+/// Wasm is loaded.
 pub fn inherited() -> Result<CompileCache, String> {
-    let (folder, max_bytes) = match OPENED.get() {
-        Some(Ok((folder, max_bytes))) => (folder, *max_bytes),
-        Some(Err(reason)) => return Err(reason.clone()),
-        None => return Err("the cache folder was not opened at start".into()),
+    let taken = OPENED.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let (folder, max_bytes) = match taken {
+        Some(Ok(opened)) => opened,
+        Some(Err(reason)) => return Err(reason),
+        None => return Err("the cache folder was not opened at start (or is already used)".into()),
     };
     let dir = PathBuf::from(format!("/proc/self/fd/{}", folder.as_raw_fd()));
     if !dir.is_dir() {
         return Err("the container has no /proc to reach the cache folder through".into());
     }
-    Ok(CompileCache::new(dir, max_bytes))
+    Ok(CompileCache { dir, max_bytes, _folder: Some(folder) })
 }
 
 /// A compile cache in one folder.
 pub struct CompileCache {
     dir: PathBuf,
     max_bytes: u64,
+    /// The inherited descriptor `dir` goes through, closed with the cache.
+    _folder: Option<OwnedFd>,
 }
 
 /// How a [`CompileCache::load`] went, for the container's log.
@@ -126,8 +151,10 @@ pub enum Outcome {
 }
 
 impl CompileCache {
-    pub fn new(dir: PathBuf, max_bytes: u64) -> CompileCache {
-        CompileCache { dir, max_bytes }
+    /// A cache in `dir` (the tests'; containers use [`inherited`]).
+    #[cfg(test)]
+    fn new(dir: PathBuf, max_bytes: u64) -> CompileCache {
+        CompileCache { dir, max_bytes, _folder: None }
     }
 
     /// The workload of `wasm` for `engine`: from the cache, or compiled,
@@ -138,7 +165,7 @@ impl CompileCache {
         if let Some(workload) = self.lookup(engine, &key, origin)? {
             return Ok((workload, Outcome::Hit));
         }
-        let lock = match self.lock(&key) {
+        let lock = match self.lock(&key, LOCK_WAIT) {
             Ok(lock) => lock,
             Err(e) => return self.compile_uncached(engine, wasm, origin, e),
         };
@@ -155,13 +182,18 @@ impl CompileCache {
             }
         };
         drop(lock);
-        let compiled = engine::load_file(engine, &stored)
-            .with_context(|| format!("the compiled {origin} just stored could not be loaded"))?;
+        // Mapped from the entry (shared with the next containers) unless it
+        // went in between (another container's eviction, an uninstall):
+        // then from the copy still in memory.
+        let (compiled, outcome) = match engine::load_file(engine, &stored) {
+            Ok(compiled) => (compiled, Outcome::Stored),
+            Err(e) => (engine::load_artifact(engine, &artifact)?, Outcome::NotStored(format!("{e:#}"))),
+        };
         let workload = engine::workload(engine, compiled, origin)?;
         if let Err(e) = self.evict(&stored) {
             log::warn!("compile cache: eviction failed: {e:#}");
         }
-        Ok((workload, Outcome::Stored))
+        Ok((workload, outcome))
     }
 
     fn compile_uncached(
@@ -182,7 +214,18 @@ impl CompileCache {
                 continue;
             };
             let expected = expected.trim_end_matches(ENTRY_SUFFIX);
-            match checksum_file(&path) {
+            // Opened once: the file checked is the file mapped, whatever
+            // happens to the name meanwhile.
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                // Evicted since the folder was listed.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => {
+                    self.discard(&path, &format!("it cannot be opened ({e})"));
+                    continue;
+                }
+            };
+            match checksum(&file) {
                 Ok(actual) if actual == expected => {}
                 Ok(_) => {
                     self.discard(&path, "its content does not match its checksum (truncated or corrupt)");
@@ -193,11 +236,12 @@ impl CompileCache {
                     continue;
                 }
             }
-            match engine::load_file(engine, &path) {
+            let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            match engine::load_file(engine, &opened) {
                 Ok(compiled) => {
                     // Renews the entry for the least-recently-used eviction;
                     // failing that only makes it an earlier candidate.
-                    let _ = File::open(&path).and_then(|file| file.set_modified(SystemTime::now()));
+                    let _ = file.set_modified(SystemTime::now());
                     // The Wasm's own faults (no known export) would be the
                     // same after a fresh compile: they are reported as such.
                     return engine::workload(engine, compiled, origin).map(Some);
@@ -233,8 +277,9 @@ impl CompileCache {
         })
     }
 
-    /// Waits for the exclusive lock of `key`; released when dropped.
-    fn lock(&self, key: &str) -> Result<File> {
+    /// Waits up to `wait` for the exclusive lock of `key` (another
+    /// container compiling the same Wasm); released when dropped.
+    fn lock(&self, key: &str, wait: Duration) -> Result<File> {
         let path = self.dir.join(format!("{key}{LOCK_SUFFIX}"));
         let file = fs::OpenOptions::new()
             .create(true)
@@ -243,13 +288,28 @@ impl CompileCache {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("could not open the lock {}", path.display()))?;
-        file.lock().with_context(|| format!("could not lock {}", path.display()))?;
-        Ok(file)
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    bail!("another container has been compiling this Wasm for over {} s", wait.as_secs())
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("could not lock {}", path.display()));
+                }
+            }
+        }
     }
 
     /// Writes `artifact` as `key`'s entry (temporary file, then rename).
     fn store(&self, key: &str, artifact: &[u8]) -> Result<PathBuf> {
         let name = format!("{key}.{}{ENTRY_SUFFIX}", hex(&Sha256::digest(artifact)));
+        // The process id is 1 in every container's PID namespace: the name
+        // is unique because only the holder of the key's lock writes it.
         let temp = self.dir.join(format!("{TEMP_PREFIX}{key}-{}", std::process::id()));
         let path = self.dir.join(name);
         // No fsync: an entry that a crash left short or empty fails its
@@ -296,8 +356,12 @@ impl CompileCache {
             }
             // A container that mapped the entry keeps its pages; the next
             // start of that Wasm compiles it again.
-            fs::remove_file(&path).with_context(|| format!("could not remove {}", path.display()))?;
-            log::info!("compile cache: evicted {} ({len} bytes)", path.display());
+            match fs::remove_file(&path) {
+                Ok(()) => log::info!("compile cache: evicted {} ({len} bytes)", path.display()),
+                // Another container evicted it first.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("could not remove {}", path.display())),
+            }
             total -= len;
         }
         Ok(())
@@ -329,10 +393,9 @@ impl Hasher for ShaHasher {
     }
 }
 
-fn checksum_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+fn checksum(mut file: &File) -> Result<String> {
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).with_context(|| format!("read {}", path.display()))?;
+    std::io::copy(&mut file, &mut hasher).context("read the entry")?;
     Ok(hex(&hasher.finalize()))
 }
 
@@ -417,7 +480,14 @@ mod tests {
         let entry = &entries(&dir)[0];
         let name = entry.file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.starts_with(&key(&engine, &wasm)), "{name}");
-        assert_eq!(name, format!("{}.{}{ENTRY_SUFFIX}", key(&engine, &wasm), checksum_file(entry).unwrap()));
+        assert_eq!(
+            name,
+            format!(
+                "{}.{}{ENTRY_SUFFIX}",
+                key(&engine, &wasm),
+                checksum(&File::open(entry).unwrap()).unwrap()
+            )
+        );
     }
 
     #[test]
@@ -506,6 +576,15 @@ mod tests {
         assert_eq!(outcome(&cache, &engine, &a), Outcome::Hit);
         assert_eq!(outcome(&cache, &engine, &c), Outcome::Hit);
         assert!(cache.entries_of(&key(&engine, &b)).is_empty(), "b was evicted");
+    }
+
+    #[test]
+    fn a_start_stops_waiting_for_another_containers_compile_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(&dir);
+        let _compiling = cache.lock("k", Duration::ZERO).unwrap();
+        let err = cache.lock("k", Duration::from_millis(50)).err().unwrap();
+        assert!(format!("{err:#}").contains("another container has been compiling this Wasm"), "{err:#}");
     }
 
     #[test]

@@ -22,18 +22,19 @@ use crate::settings::Settings;
 /// most never use.
 #[derive(Default)]
 pub struct Precompiler {
-    engine: OnceLock<Engine>,
+    /// Made once; a failure is kept too, so the cache key and `compile`
+    /// always agree on whether there is an engine.
+    engine: OnceLock<Result<Engine, String>>,
 }
 
 impl Precompiler {
     /// The memory bound does not change compiled code, so the default is
     /// as good as any container's own setting here.
     fn engine(&self) -> Result<&Engine> {
-        if let Some(engine) = self.engine.get() {
-            return Ok(engine);
-        }
-        let engine = engine::new(Settings::default().max_memory_bytes)?;
-        Ok(self.engine.get_or_init(|| engine))
+        let made = self
+            .engine
+            .get_or_init(|| engine::new(Settings::default().max_memory_bytes).map_err(|e| format!("{e:#}")));
+        made.as_ref().map_err(|e| anyhow::anyhow!("precompilation disabled: {e}"))
     }
 }
 

@@ -152,16 +152,18 @@ pub fn precompile(engine: &Engine, bytes: &[u8], origin: &str) -> Result<Vec<u8>
 /// pages are the file's, shared by every process that maps it.
 ///
 /// The caller vouches for the file: it was written by [`precompile`] with
-/// an engine of this configuration and is never changed in place.
+/// an engine of this configuration (this process just wrote it, or its
+/// checksum was checked through the same open file) and is never changed
+/// in place.
 pub fn load_file(engine: &Engine, path: &Path) -> Result<Compiled> {
     let kind = Engine::detect_precompiled_file(path)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("could not read {}", path.display()))?
         .with_context(|| format!("{} is not a wasmtime artifact", path.display()))?;
-    // SAFETY: see the doc comment: the file is this engine's artifact, checked
-    // by the caller against its checksum, and entries are replaced by rename,
-    // never rewritten, so the mapping stays valid; wasmtime checks the header,
-    // its version and the engine's compatibility before use.
+    // SAFETY: see the doc comment: the file is this engine's artifact, and
+    // entries are replaced by rename, never rewritten, so the mapping stays
+    // valid; wasmtime checks the header, its version and the engine's
+    // compatibility before use.
     let compiled = match kind {
         Precompiled::Component => Compiled::Component(unsafe { Component::deserialize_file(engine, path) }?),
         Precompiled::Module => Compiled::Module(unsafe { Module::deserialize_file(engine, path) }?),
