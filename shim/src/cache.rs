@@ -405,9 +405,14 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Loads the container's Wasm through the node's cache when there is one,
 /// telling the container's log what happened.
-pub fn load_with_cache(engine: &Engine, wasm: &[u8], origin: &str) -> Result<Workload> {
+pub fn load_with_cache(
+    cache: Result<CompileCache, String>,
+    engine: &Engine,
+    wasm: &[u8],
+    origin: &str,
+) -> Result<Workload> {
     let started = Instant::now();
-    let cache = match inherited() {
+    let cache = match cache {
         Ok(cache) => cache,
         Err(reason) => {
             output::message(

@@ -65,11 +65,15 @@ async fn start(ctx: &impl RuntimeContext) -> Result<i32> {
     let engine = engine::new(settings.max_memory_bytes)?;
     let setup = GuestSetup::from_context(ctx)?;
     let workload = {
+        // Taken whatever the image: dropping it closes the descriptor of
+        // the node's cache folder, so no guest code runs while the
+        // container holds it (a wasm-layer image does not use it).
+        let cache = cache::inherited();
         let bytes = entrypoint.source.as_bytes().with_context(|| format!("could not read {origin}"))?;
         match entrypoint.source {
             // A wasm layer: containerd's content store keeps it compiled.
             Source::Oci(_) => engine::load(&engine, &bytes, entrypoint.source.is_precompiled()?, &origin)?,
-            Source::File(_) => cache::load_with_cache(&engine, &bytes, &origin)?,
+            Source::File(_) => cache::load_with_cache(cache, &engine, &bytes, &origin)?,
         }
         // The Wasm's bytes are not needed once compiled: a container of a
         // large component would otherwise hold them for its whole life.
